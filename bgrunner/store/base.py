@@ -1,0 +1,271 @@
+"""The job store interface: every backend (SQLite, PostgreSQL, memory) implements `Store`.
+
+The store only talks to its database. Each state change is one atomic
+compare-and-set on the job's current status and attempt number, so that a race
+(a late write from a process that was given up on, a cancel arriving while the
+job finishes) can never move a job out of a final state or overwrite a newer
+attempt. Callers (runner, worker, CLI, dashboard) never see SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PENDING = "pending"
+RUNNING = "running"
+RETRYING = "retrying"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+STATUSES = (PENDING, RUNNING, RETRYING, COMPLETED, FAILED, CANCELLED)
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+#: Statuses a cancel may act on.
+CANCELLABLE = frozenset({PENDING, RETRYING, RUNNING})
+
+
+def iso(ts: float | None) -> str | None:
+    """An epoch timestamp as ISO 8601 UTC, the form every record and log line uses."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a submit records. Policy values are resolved from the allowlist at submit time."""
+
+    target: str
+    method: str
+    params: list[Any] | dict[str, Any]
+    priority: int = 0
+    run_at: float = 0.0
+    max_attempts: int = 3
+    retry_delay: float = 5.0
+    timeout: float = 0.0
+    then: list[dict[str, Any]] = field(default_factory=list)
+    parent_id: int | None = None
+    retry_of: int | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored. Timestamps are epoch seconds; `to_dict` renders them ISO 8601."""
+
+    id: int
+    target: str
+    method: str
+    params: list[Any] | dict[str, Any]
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    retry_delay: float
+    timeout: float
+    run_at: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    claimed_at: float | None = None
+    pid: int | None = None
+    pid_ctime: float | None = None
+    host: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None
+    progress: dict[str, Any] | None = None
+    then: list[dict[str, Any]] = field(default_factory=list)
+    parent_id: int | None = None
+    retry_of: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def owned(self) -> bool:
+        """True while a process is (or should be) working on the job."""
+        return self.status == RUNNING or (self.status == RETRYING and self.pid is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public record (CONTRACT §4): what `status --json` and the API print."""
+        return {
+            "id": str(self.id),
+            "target": self.target,
+            "method": self.method,
+            "params": self.params,
+            "status": self.status,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "retry_delay": self.retry_delay,
+            "timeout": self.timeout,
+            "run_at": iso(self.run_at),
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "pid": self.pid,
+            "host": self.host,
+            "error": self.error,
+            "traceback": self.traceback,
+            "result": self.result,
+            "progress": self.progress,
+            "then": self.then,
+            "parent_id": None if self.parent_id is None else str(self.parent_id),
+            "retry_of": None if self.retry_of is None else str(self.retry_of),
+        }
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """The outcome of one attempt, kept for the job's history."""
+
+    job_id: int
+    attempt: int
+    outcome: str
+    started_at: float | None
+    finished_at: float
+    pid: int | None
+    error: str | None
+    traceback: str | None
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store(ABC):
+    """What a job store must do. Every mutating method is one atomic compare-and-set.
+
+    Methods taking ``attempt`` are fenced: they change the row only while its
+    ``attempts`` column still equals ``attempt``, so a process that was given
+    up on cannot overwrite a newer attempt. They return False when the
+    compare-and-set did not match (the job moved on, was cancelled, or is gone).
+    """
+
+    url: str
+
+    # -- submit and read ---------------------------------------------------
+    @abstractmethod
+    def create(self, job: NewJob, *, status: str = PENDING) -> int:
+        """Record a job durably and return its id."""
+
+    @abstractmethod
+    def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
+        """Record a foreground job already claimed by this process (attempt 1 running)."""
+
+    @abstractmethod
+    def get(self, job_id: int) -> JobRecord | None:
+        """The job, or None."""
+
+    @abstractmethod
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        target: str | None = None,
+        search: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        """Jobs newest first (id descending), keyset-paginated by ``before_id``."""
+
+    @abstractmethod
+    def attempts(self, job_id: int) -> list[AttemptRecord]:
+        """The job's finished attempts, oldest first."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status (every status present, zeros included)."""
+
+    # -- claiming ------------------------------------------------------------
+    @abstractmethod
+    def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
+        """Claim the best ready job if fewer than ``cap`` are active.
+
+        Ready: pending or released-retrying, ``run_at <= now``. Order: priority
+        DESC, run_at ASC, id ASC. The claimed job becomes running with
+        ``attempts + 1`` and no pid yet (the launched process fills it in).
+        """
+
+    @abstractmethod
+    def claim(self, job_id: int, *, now: float, cap: int, host: str) -> JobRecord | None:
+        """Claim this job if it is ready and fewer than ``cap`` are active."""
+
+    @abstractmethod
+    def set_process(self, job_id: int, attempt: int, *, pid: int, pid_ctime: float) -> bool:
+        """Record the process running the attempt (pid and start time)."""
+
+    @abstractmethod
+    def unclaim(self, job_id: int, attempt: int) -> bool:
+        """Give back a claimed job whose process never started (attempt not counted)."""
+
+    @abstractmethod
+    def next_run_at(self) -> float | None:
+        """The earliest ``run_at`` among ready-or-waiting jobs, or None."""
+
+    @abstractmethod
+    def active(self) -> list[JobRecord]:
+        """Jobs a process is, or should be, working on (running; retrying with a pid)."""
+
+    # -- attempt lifecycle (fenced) -----------------------------------------
+    @abstractmethod
+    def begin_attempt(self, job_id: int, attempt: int, *, now: float) -> bool:
+        """The owning process starts attempt ``attempt + 1`` after a retry wait."""
+
+    @abstractmethod
+    def retry_later(
+        self,
+        job_id: int,
+        attempt: int,
+        *,
+        outcome: str,
+        error: str,
+        traceback: str | None,
+        run_at: float,
+        release: bool,
+        now: float,
+        started_at: float | None = None,
+    ) -> bool:
+        """Record a failed attempt and move to retrying.
+
+        ``release`` hands the job to a worker (pid cleared); otherwise the
+        current process keeps it and starts the next attempt itself.
+        """
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: int,
+        attempt: int,
+        *,
+        status: str,
+        now: float,
+        error: str | None = None,
+        traceback: str | None = None,
+        result: str | None = None,
+        outcome: str | None = None,
+        started_at: float | None = None,
+    ) -> bool:
+        """Move a running job to completed or failed and record the attempt."""
+
+    @abstractmethod
+    def set_progress(self, job_id: int, attempt: int, progress: dict[str, Any]) -> bool:
+        """Store the job's latest progress report."""
+
+    # -- cancellation and housekeeping --------------------------------------
+    @abstractmethod
+    def cancel(self, job_id: int, *, now: float) -> JobRecord | None:
+        """Cancel a pending/retrying/running job; the record as it was before, or None."""
+
+    @abstractmethod
+    def prune(self, *, finished_before: float) -> int:
+        """Delete final jobs finished before the given time; the number deleted."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
