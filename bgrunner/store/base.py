@@ -134,6 +134,19 @@ class AttemptRecord:
     traceback: str | None
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One action taken through the dashboard or API: who, what, when, from where."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    job_id: int | None
+    detail: str | None
+    address: str | None
+
+
 def decode_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -256,6 +269,20 @@ class Store(ABC):
     @abstractmethod
     def set_progress(self, job_id: int, attempt: int, progress: dict[str, Any]) -> bool:
         """Store the job's latest progress report."""
+
+    @abstractmethod
+    def finished_since(self, since: float) -> list[tuple[float, float | None, str]]:
+        """(finished_at, seconds from started_at, status) of jobs finished since ``since``."""
+
+    # -- audit -----------------------------------------------------------------
+    @abstractmethod
+    def add_audit(self, *, actor: str, action: str, job_id: int | None, detail: str | None,
+                  address: str | None, now: float) -> int:
+        """Record an action taken on the jobs (dashboard, API)."""
+
+    @abstractmethod
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        """Audit entries, newest first, keyset-paginated by ``before_id``."""
 
     # -- cancellation and housekeeping --------------------------------------
     @abstractmethod

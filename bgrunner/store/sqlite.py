@@ -26,6 +26,7 @@ from bgrunner.store.base import (
     RUNNING,
     STATUSES,
     AttemptRecord,
+    AuditEntry,
     JobRecord,
     NewJob,
     Store,
@@ -78,6 +79,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT,
     traceback TEXT,
     PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id INTEGER,
+    detail TEXT,
+    address TEXT
 );
 """
 
@@ -207,6 +217,9 @@ class SQLiteStore(Store):
             "then_jobs": json.dumps(job.then) if job.then else None,
             "parent_id": job.parent_id, "retry_of": job.retry_of, **extra,
         }
+        for key in ("started_at", "claimed_at"):
+            if key in values and values[key] is None:
+                values[key] = now
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         cur = self.conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(values.values()))
@@ -217,9 +230,8 @@ class SQLiteStore(Store):
         return self._insert(job, status, {})
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
-        now = time.time()
         return self._insert(job, RUNNING, {
-            "attempts": 1, "started_at": now, "claimed_at": now, "pid": pid,
+            "attempts": 1, "started_at": None, "claimed_at": None, "pid": pid,
             "pid_ctime": pid_ctime, "host": host,
         })
 
@@ -368,6 +380,27 @@ class SQLiteStore(Store):
             (json.dumps(progress), job_id, attempt),
         )
         return cur.rowcount == 1
+
+    def finished_since(self, since: float) -> list[tuple[float, float | None, str]]:
+        rows = self.conn.execute(
+            "SELECT finished_at, finished_at - started_at, status FROM jobs"
+            " WHERE finished_at >= ? ORDER BY finished_at", (since,)).fetchall()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def add_audit(self, *, actor: str, action: str, job_id: int | None, detail: str | None,
+                  address: str | None, now: float) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO audit (at, actor, action, job_id, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
+            (now, actor, action, job_id, detail, address))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        rows = self.conn.execute(
+            "SELECT id, at, actor, action, job_id, detail, address FROM audit"
+            " WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before_id if before_id is not None else 2**62, limit)).fetchall()
+        return [AuditEntry(*r) for r in rows]
 
     # -- cancellation and housekeeping ---------------------------------------------
     def cancel(self, job_id: int, *, now: float) -> JobRecord | None:

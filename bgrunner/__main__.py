@@ -1,0 +1,7 @@
+"""``python -m bgrunner``: the same as the ``bgrunner`` command."""
+
+import sys
+
+from bgrunner.cli import main
+
+sys.exit(main())

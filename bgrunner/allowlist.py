@@ -1,0 +1,377 @@
+"""The allowlist: which `module:Class` targets and methods may run, and with what policy.
+
+Everything here is decided from the TOML text alone: this module never imports a
+job's module, so a target that is not allowed is refused before any of its code
+(import-time side effects included) can run.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+
+from bgrunner.errors import ConfigError, JobError, NotAllowedError, UsageError
+
+BACKOFFS = ("fixed", "exponential")
+LAUNCH_METHODS = ("spawn", "fork")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _Invalid(Exception):
+    """A value breaks a rule; whoever catches it adds the file and the key path."""
+
+    def __init__(self, reason: str, *subkeys: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.subkeys = subkeys
+
+
+def _show(value: object) -> str:
+    """Repr short enough for a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_path(*parts: str) -> str:
+    """Dotted TOML key path, quoting parts that are not bare keys (`jobs."a.b:C".methods`)."""
+    out = []
+    for part in parts:
+        if _BARE_KEY.fullmatch(part):
+            out.append(part)
+        else:
+            out.append('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return ".".join(out)
+
+
+def _is_name(text: object) -> bool:
+    """True for a Python identifier that is not a keyword (a module part, class or method)."""
+    return isinstance(text, str) and text.isidentifier() and not keyword.iskeyword(text)
+
+
+def _int_at_least(minimum: int) -> Callable[[object], int]:
+    """Checker for an integer >= minimum; bools are refused although bool subclasses int."""
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _Invalid(f"expected an integer >= {minimum}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _seconds(value: object) -> float:
+    """A finite, non-negative number of seconds; int or float, never bool."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise _Invalid(f"expected a number of seconds >= 0, got {_show(value)}")
+    return float(value)
+
+
+def _one_of(*options: str) -> Callable[[object], str]:
+    """Checker for a string among a fixed set."""
+
+    def check(value: object) -> str:
+        if value not in options:
+            allowed = ", ".join(repr(o) for o in options)
+            raise _Invalid(f"expected one of {allowed}, got {_show(value)}")
+        return str(value)
+
+    return check
+
+
+def _retry_on(value: object) -> Mapping[str, int]:
+    """Exception name -> attempts allowed, frozen; names are `Name` or `pkg.mod.Name`."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, tuple | list):
+        pairs = list(value)
+    else:
+        raise _Invalid(f"expected a table of exception name = attempts, got {_show(value)}")
+    table: dict[str, int] = {}
+    for name, attempts in pairs:
+        if not isinstance(name, str) or not all(_is_name(p) for p in name.split(".")):
+            raise _Invalid("expected an exception class name like 'ValueError'", str(name))
+        try:
+            table[name] = _int_at_least(1)(attempts)
+        except _Invalid as exc:
+            raise _Invalid(exc.reason, name) from None
+    return MappingProxyType(table)
+
+
+_POLICY_CHECKS: dict[str, Callable[[object], object]] = {
+    "max_attempts": _int_at_least(1),
+    "retry_delay": _seconds,
+    "backoff": _one_of(*BACKOFFS),
+    "max_retry_delay": _seconds,
+    "timeout": _seconds,
+    "retry_on": _retry_on,
+}
+
+_RUNNER_CHECKS: dict[str, Callable[[object], object]] = {
+    "max_concurrent": _int_at_least(0),
+    "cancel_grace": _seconds,
+    "launch": _one_of(*LAUNCH_METHODS),
+    "worker_idle_exit": _seconds,
+    "log_max_bytes": _int_at_least(0),
+    "log_backups": _int_at_least(0),
+    "result_max_bytes": _int_at_least(1),
+}
+
+
+def _apply_checks(
+    obj: object, checks: Mapping[str, Callable[[object], object]], error: type[JobError]
+) -> None:
+    """Validate a frozen dataclass's fields and normalise them in place (ints to floats...)."""
+    for name, check in checks.items():
+        try:
+            value = check(getattr(obj, name))
+        except _Invalid as exc:
+            raise error(f"{_key_path(name, *exc.subkeys)}: {exc.reason}") from None
+        object.__setattr__(obj, name, value)
+
+
+def _reduce(obj: object) -> tuple[type, tuple[object, ...]]:
+    """Pickle/deepcopy support: rebuild from fields, frozen mappings passed as plain dicts."""
+    values = (getattr(obj, f.name) for f in fields(obj))  # type: ignore[arg-type]
+    return type(obj), tuple(dict(v) if isinstance(v, MappingProxyType) else v for v in values)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a job class is retried and timed out; every field is a `[defaults]` key."""
+
+    max_attempts: int = 3
+    retry_delay: float = 5.0
+    backoff: str = "fixed"
+    max_retry_delay: float = 300.0
+    timeout: float = 0.0
+    retry_on: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    def __post_init__(self) -> None:
+        """Refuse bad values however the policy was built (config, API overrides, tests)."""
+        _apply_checks(self, _POLICY_CHECKS, UsageError)
+
+    __reduce__ = _reduce
+
+    def with_overrides(
+        self,
+        max_attempts: int | None = None,
+        retry_delay: float | None = None,
+        timeout: float | None = None,
+    ) -> Policy:
+        """Per-call overrides from the API or CLI; None keeps the allowlist's value.
+
+        Raises UsageError (e.g. "max_attempts: expected an integer >= 1, got 0").
+        """
+        given = {"max_attempts": max_attempts, "retry_delay": retry_delay, "timeout": timeout}
+        changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+        return replace(self, **changes) if changes else self  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """The optional `[runner]` table: limits and timings of the runner itself."""
+
+    max_concurrent: int = 0
+    cancel_grace: float = 5.0
+    launch: str = "spawn"
+    worker_idle_exit: float = 60.0
+    log_max_bytes: int = 10_000_000
+    log_backups: int = 5
+    result_max_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        """Same validation as at load time, for settings built in code."""
+        _apply_checks(self, _RUNNER_CHECKS, ConfigError)
+
+    @property
+    def cap(self) -> int:
+        """Jobs allowed to run at once: `max_concurrent`, or 2 per CPU when it is 0."""
+        return self.max_concurrent or 2 * (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One allowed class: its target, the methods that may be called, its policy."""
+
+    target: str
+    module: str
+    class_name: str
+    methods: tuple[str, ...]
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded, fully validated allowlist; `check()` is the only gate to running code."""
+
+    path: str
+    defaults: Policy = field(default_factory=Policy)
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+    jobs: Mapping[str, JobSpec] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    def __post_init__(self) -> None:
+        """Freeze the jobs table so a shared Config cannot be widened at run time."""
+        object.__setattr__(self, "jobs", MappingProxyType(dict(self.jobs)))
+
+    __reduce__ = _reduce
+
+    def check(self, target: str, method: str) -> JobSpec:
+        """The spec of an allowed target and method, else NotAllowedError with one clear line.
+
+        Order: target syntax, private method, target listed, method listed; nothing
+        is imported.
+        """
+        parse_target(target)
+        if not _is_name(method):
+            raise NotAllowedError(f"invalid method name {_show(method)}")
+        if method.startswith("_"):
+            raise NotAllowedError(f"method {method!r} is private and never callable")
+        spec = self.jobs.get(target)
+        if spec is None:
+            raise NotAllowedError(f"target {target!r} is not in the allowlist ({self.path})")
+        if method not in spec.methods:
+            allowed = ", ".join(spec.methods)
+            raise NotAllowedError(
+                f"method {method!r} of {target!r} is not allowed (allowed: {allowed})"
+            )
+        return spec
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """Split "a.b:C" into ("a.b", "C"), checking syntax only (the allowlist decides the rest).
+
+    Each dotted module part and the class must be identifiers, not keywords, so
+    paths ("../x:Y"), attribute chains and empty parts are refused early.
+    """
+    module, sep, class_name = target.partition(":") if isinstance(target, str) else ("", "", "")
+    if not sep or not _is_name(class_name) or not all(_is_name(p) for p in module.split(".")):
+        raise NotAllowedError(f"invalid target {_show(target)}: expected module:Class")
+    return module, class_name
+
+
+def target_of(cls: type) -> str:
+    """The target string of a class object, as the allowlist spells it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the allowlist file; any problem is a one-line ConfigError."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file not found: {name} (set BGRUNNER_CONFIG or --config)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    return parse_config(text, name)
+
+
+def parse_config(text: str, path: str) -> Config:
+    """Validate allowlist TOML text; `path` only names the file in errors and messages.
+
+    A job's own `retry_on` table replaces the `[defaults.retry_on]` table rather than
+    merging with it, so what a job retries on can be read from its own entry.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    _reject_unknown(path, (), doc, ("defaults", "runner", "jobs"))
+    policy_values = _checked_table(path, ("defaults",), doc.get("defaults", {}), _POLICY_CHECKS)
+    defaults = Policy(**policy_values)  # type: ignore[arg-type]
+    runner_values = _checked_table(path, ("runner",), doc.get("runner", {}), _RUNNER_CHECKS)
+    runner = RunnerSettings(**runner_values)  # type: ignore[arg-type]
+    jobs_table = doc.get("jobs", {})
+    if not isinstance(jobs_table, dict):
+        raise _config_error(path, ("jobs",), f"expected a table, got {_show(jobs_table)}")
+    jobs = {key: _job_spec(path, key, value, defaults) for key, value in jobs_table.items()}
+    return Config(path=path, defaults=defaults, runner=runner, jobs=jobs)
+
+
+def _job_spec(path: str, target: str, table: object, defaults: Policy) -> JobSpec:
+    """One `[jobs."module:Class"]` entry: a valid target, its methods, its policy overrides."""
+    where = ("jobs", target)
+    try:
+        module, class_name = parse_target(target)
+    except NotAllowedError:
+        reason = 'invalid target: expected "module:Class" (quote the key: [jobs."pkg.mod:Class"])'
+        raise _config_error(path, where, reason) from None
+    values = _checked_table(path, where, table, _JOB_CHECKS)
+    if "methods" not in values:
+        raise _config_error(path, (*where, "methods"), "missing (a non-empty list of methods)")
+    methods = _methods(values.pop("methods"))
+    policy = replace(defaults, **values)  # type: ignore[arg-type]
+    return JobSpec(target, module, class_name, methods, policy)
+
+
+def _methods(value: object) -> tuple[str, ...]:
+    """A non-empty list of public method names, duplicates dropped, order kept."""
+    if not isinstance(value, list | tuple) or not value:
+        raise _Invalid(f"expected a non-empty list of method names, got {_show(value)}")
+    for item in value:
+        if not _is_name(item):
+            raise _Invalid(f"{_show(item)} is not a valid method name")
+        if item.startswith("_"):
+            raise _Invalid(f"{item!r} begins with '_': private methods are never callable")
+    return tuple(dict.fromkeys(value))
+
+
+_JOB_CHECKS: dict[str, Callable[[object], object]] = {**_POLICY_CHECKS, "methods": _methods}
+
+
+def _checked_table(
+    path: str,
+    where: tuple[str, ...],
+    table: object,
+    checks: Mapping[str, Callable[[object], object]],
+) -> dict[str, object]:
+    """Check every key of a table against its checkers; unknown keys are errors (typos)."""
+    if not isinstance(table, dict):
+        raise _config_error(path, where, f"expected a table, got {_show(table)}")
+    _reject_unknown(path, where, table, tuple(checks))
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        try:
+            values[key] = checks[key](value)
+        except _Invalid as exc:
+            raise _config_error(path, (*where, key, *exc.subkeys), exc.reason) from None
+    return values
+
+
+def _reject_unknown(
+    path: str, where: tuple[str, ...], table: Mapping[str, object], known: tuple[str, ...]
+) -> None:
+    """A misspelt key silently ignored would be worse than an error; suggest the near one."""
+    for key in table:
+        if key not in known:
+            import difflib  # only on the error path
+
+            close = difflib.get_close_matches(key, known, n=1)
+            if close:
+                hint = f"did you mean {close[0]!r}?"
+            else:
+                hint = "expected one of: " + ", ".join(known)
+            raise _config_error(path, (*where, key), f"unknown key ({hint})")
+
+
+def _config_error(path: str, where: tuple[str, ...], reason: str) -> ConfigError:
+    """`FILE: key.path: reason`, the one format of every config error."""
+    return ConfigError(f"{path}: {_key_path(*where)}: {reason}")

@@ -1,0 +1,90 @@
+"""The attempt's own process: call the method and report the outcome to the supervisor.
+
+Each attempt runs in a process forked from the supervising ``run_job.py``
+process, in a process group of its own, so a timeout or a cancel can kill the
+attempt's whole tree while the supervisor lives on to record what happened.
+Messages go to the supervisor as JSON lines over a pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+
+class JobInterrupted(BaseException):
+    """Raised inside a job when it is asked to stop (SIGTERM): cancel, timeout or shutdown.
+
+    A ``BaseException`` so that a job's ``except Exception`` does not swallow it
+    and its ``finally`` blocks still run.
+    """
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise JobInterrupted("terminated by SIGTERM")
+
+
+def send(fd: int, message: dict[str, Any]) -> None:
+    data = (json.dumps(message, default=str) + "\n").encode()
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def encode_result(value: Any, max_bytes: int) -> tuple[str | None, str | None]:
+    """The result as JSON text, or None and the reason it cannot be kept."""
+    if value is None:
+        return None, None
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        return None, f"result not stored: not JSON-serialisable ({exc})"
+    if max_bytes and len(text.encode()) > max_bytes:
+        return None, f"result not stored: {len(text.encode())} bytes exceeds result_max_bytes ({max_bytes})"
+    return text, None
+
+
+def run(fd: int, cls: type, method: str, args: list[Any], kwargs: dict[str, Any],
+        result_max_bytes: int) -> NoReturn:
+    """Body of the forked attempt process; never returns."""
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        from bgrunner.procs import die_with_parent
+
+        die_with_parent()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        from bgrunner import reporting
+
+        reporting._channel_fd = fd
+        from bgrunner.loader import bound_method
+
+        value = bound_method(cls, method)(*args, **kwargs)
+        text, note = encode_result(value, result_max_bytes)
+        send(fd, {"type": "result", "result": text, "note": note})
+        code = 0
+    except BaseException as exc:  # everything the job raises is its outcome
+        import traceback
+
+        from bgrunner.retry import exception_names
+
+        try:
+            send(fd, {
+                "type": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "names": exception_names(type(exc)),
+            })
+        except OSError:
+            pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)

@@ -1,0 +1,232 @@
+"""The ``bgrunner`` command (also ``python -m bgrunner``): submit, status, list, cancel, logs, worker, jobs.
+
+Errors are one line on stderr with the exit code of the error's class
+(2 usage or config, 3 not allowed, 1 unknown job or nothing to do); never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from bgrunner.errors import JobError, UsageError
+from bgrunner.run_cli import OneLineParser, add_location_flags, read_params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="bgrunner", description="Background jobs as OS processes.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+
+    p = sub.add_parser("submit", help="queue a job; prints its id")
+    p.add_argument("target")
+    p.add_argument("method")
+    p.add_argument("params", nargs="?")
+    p.add_argument("--json", dest="json_params", metavar="JSON")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--delay", type=float, default=0.0, metavar="S")
+    p.add_argument("--max-attempts", type=int, metavar="N")
+    p.add_argument("--retry-delay", type=float, metavar="S")
+    p.add_argument("--timeout", type=float, metavar="S")
+
+    p = sub.add_parser("status", help="one job")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("list", help="jobs, newest first")
+    p.add_argument("--status", choices=("pending", "running", "retrying", "completed", "failed",
+                                        "cancelled"))
+    p.add_argument("--target")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("id")
+
+    p = sub.add_parser("logs", help="log events, of one job or all")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--errors", action="store_true", help="only the errors log")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON lines as written")
+    p.add_argument("--output", action="store_true", help="the job's captured stdout/stderr")
+
+    p = sub.add_parser("worker", help="run queued jobs")
+    p.add_argument("--concurrency", type=int, metavar="N")
+    p.add_argument("--burst", action="store_true", help="exit when nothing is ready or running")
+    p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
+
+    sub.add_parser("jobs", help="the allowed targets and methods")
+
+    p = sub.add_parser("prune", help="delete finished jobs older than an age")
+    p.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600")
+
+    p = sub.add_parser("dashboard", help="the web dashboard")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+    for p in sub.choices.values():
+        add_location_flags(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bgrunner.context import Context
+
+    ctx = Context.resolve(args.config, args.log_dir, args.database_url)
+    handler = COMMANDS[args.command]
+    try:
+        return handler(ctx, args)
+    except JobError as exc:
+        print(f"bgrunner {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def cmd_submit(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner import jobs
+
+    params = read_params(args.params, args.json_params)
+    spec = ctx.config.check(args.target, args.method)  # before anything is imported
+    _check_cli_params(spec, args.method, params)
+    new = jobs.prepare(ctx, args.target, args.method, params, priority=args.priority,
+                       delay=args.delay, max_attempts=args.max_attempts,
+                       retry_delay=args.retry_delay, timeout=args.timeout)
+    print(jobs.submit(ctx, new))
+    return 0
+
+
+def _check_cli_params(spec: Any, method: str, params: Any) -> None:
+    """Import the allowed class and bind the params, so a bad value is exit 2 now."""
+    from bgrunner.loader import TargetLoadError, load_class, signature_callable
+    from bgrunner.params import bind_params
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        cls = load_class(spec)
+        bind_params(signature_callable(cls, method), params)
+    except TargetLoadError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_status(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner import jobs
+    from bgrunner.display import describe_job
+
+    job = jobs.get(ctx, args.id)
+    if args.json:
+        print(json.dumps(job.to_dict()))
+    else:
+        print(describe_job(job, tty=sys.stdout.isatty()))
+    return 0
+
+
+def cmd_list(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner.display import job_table
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    records = ctx.store.list(status=args.status, target=args.target, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records]))
+    else:
+        print(job_table(records))
+    return 0
+
+
+def cmd_cancel(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner import jobs
+
+    if jobs.cancel(ctx, args.id):
+        print(f"job {args.id} cancelled")
+        return 0
+    job = ctx.store.get(jobs.parse_id(args.id))
+    state = "unknown" if job is None else f"already {job.status}"
+    print(f"bgrunner cancel: job {args.id} is {state}; nothing to cancel", file=sys.stderr)
+    return 1
+
+
+def cmd_logs(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner.display import follow_file, format_event, read_log_lines
+
+    if args.output:
+        if args.id is None:
+            raise UsageError("--output needs a job id")
+        from bgrunner import jobs
+        from bgrunner.launcher import output_path
+
+        path = output_path(ctx.output_dir, jobs.parse_id(args.id))
+        if not os.path.exists(path) and not args.follow:
+            print(f"bgrunner logs: no output captured for job {args.id}", file=sys.stderr)
+            return 1
+        for chunk in follow_file(path, follow=args.follow, raw=True):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        return 0
+    path = ctx.log.errors_path if args.errors else ctx.log.main_path
+    pretty = not args.json
+    for line, event in read_log_lines(path, job_id=args.id, follow=args.follow):
+        print(format_event(event) if pretty else line, flush=args.follow)
+    return 0
+
+
+def cmd_worker(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner.worker import Worker
+
+    runner = ctx.config.runner
+    concurrency = args.concurrency if args.concurrency is not None else runner.cap
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    idle = runner.worker_idle_exit if args.auto else None
+    return Worker(ctx, concurrency=concurrency, burst=args.burst, idle_exit=idle).run()
+
+
+def cmd_jobs(ctx: Any, args: argparse.Namespace) -> int:
+    from bgrunner.display import allowed_jobs_text
+
+    sys.path.insert(0, os.getcwd())
+    print(allowed_jobs_text(ctx.config))
+    return 0
+
+
+def parse_age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text[-1:].lower() in units:
+            return float(text[:-1]) * units[text[-1].lower()]
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--older-than: not an age: {text!r} (e.g. 30d, 12h, 3600)") from None
+
+
+def cmd_prune(ctx: Any, args: argparse.Namespace) -> int:
+    age = parse_age(args.older_than)
+    if age < 0:
+        raise UsageError("--older-than must not be negative")
+    n = ctx.store.prune(finished_before=time.time() - age)
+    print(f"deleted {n} finished job(s)")
+    return 0
+
+
+def cmd_dashboard(ctx: Any, args: argparse.Namespace) -> int:
+    try:
+        from bgrunner.dashboard.server import serve
+    except ImportError as exc:
+        raise UsageError(f"the dashboard needs its extra: pip install 'bgrunner[dashboard]' ({exc})") from exc
+    return serve(ctx, host=args.host, port=args.port)
+
+
+COMMANDS = {
+    "submit": cmd_submit, "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel,
+    "logs": cmd_logs, "worker": cmd_worker, "jobs": cmd_jobs, "prune": cmd_prune,
+    "dashboard": cmd_dashboard,
+}

@@ -1,0 +1,129 @@
+"""Human-readable output of the CLI: job details, tables, log lines, following files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from bgrunner.store.base import JobRecord, iso
+
+FOLLOW_POLL = 0.2
+
+
+def progress_bar(progress: dict[str, Any], width: int = 30) -> str:
+    done, total = progress.get("done"), progress.get("total")
+    message = progress.get("message") or ""
+    if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+        frac = max(0.0, min(1.0, done / total))
+        filled = int(round(frac * width))
+        return f"[{'#' * filled}{'.' * (width - filled)}] {frac:4.0%} {done}/{total} {message}".rstrip()
+    return f"{done} {message}".rstrip()
+
+
+def describe_job(job: JobRecord, *, tty: bool) -> str:
+    d = job.to_dict()
+    lines = [f"job {d['id']}: {d['status']}",
+             f"  target:    {job.target} {job.method}",
+             f"  params:    {json.dumps(job.params)}",
+             f"  attempts:  {job.attempts} of {job.max_attempts}",
+             f"  priority:  {job.priority}",
+             f"  created:   {d['created_at']}",
+             f"  run at:    {d['run_at']}"]
+    if job.started_at:
+        lines.append(f"  started:   {d['started_at']}")
+    if job.finished_at:
+        lines.append(f"  finished:  {d['finished_at']}")
+    if job.pid and not job.is_final:
+        lines.append(f"  pid:       {job.pid} on {job.host}")
+    if job.progress:
+        shown = progress_bar(job.progress) if tty else json.dumps(job.progress)
+        lines.append(f"  progress:  {shown}")
+    if job.error:
+        lines.append(f"  error:     {job.error}")
+    if job.result is not None:
+        lines.append(f"  result:    {json.dumps(job.result)[:500]}")
+    return "\n".join(lines)
+
+
+def job_table(records: list[JobRecord]) -> str:
+    if not records:
+        return "no jobs"
+    header = ("ID", "STATUS", "TARGET", "METHOD", "TRIES", "CREATED")
+    rows = [(str(r.id), r.status, r.target, r.method, f"{r.attempts}/{r.max_attempts}",
+             (iso(r.created_at) or "")[:19]) for r in records]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [header, *rows])
+
+
+def format_event(event: dict[str, Any]) -> str:
+    head = f"{event.get('timestamp', '')} {str(event.get('level', '')).upper():7} {event.get('event', '')}"
+    skip = {"timestamp", "level", "event", "traceback"}
+    rest = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                    for k, v in event.items() if k not in skip and v is not None)
+    text = f"{head} {rest}".rstrip()
+    if event.get("traceback"):
+        text += "\n" + str(event["traceback"]).rstrip()
+    return text
+
+
+def follow_file(path: str, *, follow: bool, raw: bool = False) -> Iterator[str]:
+    """The file's text, then (``follow``) whatever is appended, until interrupted."""
+    while not os.path.exists(path):
+        if not follow:
+            return
+        time.sleep(FOLLOW_POLL)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while True:
+            chunk = f.read() if raw else f.readline()
+            if chunk:
+                yield chunk
+                continue
+            if not follow:
+                return
+            time.sleep(FOLLOW_POLL)
+
+
+def read_log_lines(path: str, *, job_id: str | None,
+                   follow: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Parsed log lines (of one job), skipping a malformed one; follows the file if asked."""
+    wanted = None if job_id is None else str(job_id)
+    for line in follow_file(path, follow=follow):
+        line = line.rstrip("\n")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if wanted is not None and str(event.get("job_id")) != wanted:
+            continue
+        yield line, event
+
+
+def allowed_jobs_text(config: Any) -> str:
+    """Targets, methods with signatures and the first line of their docstrings."""
+    from bgrunner.loader import TargetLoadError, load_class, signature_callable
+    from bgrunner.params import describe_signature
+
+    out: list[str] = []
+    for target, spec in sorted(config.jobs.items()):
+        out.append(target)
+        try:
+            cls = load_class(spec)
+        except TargetLoadError as exc:
+            out.append(f"  (cannot load: {exc})")
+            continue
+        for method in spec.methods:
+            try:
+                func = signature_callable(cls, method)
+                sig = describe_signature(func)
+            except TargetLoadError as exc:
+                out.append(f"  {method}: {exc}")
+                continue
+            doc = (getattr(cls, method).__doc__ or "").strip().splitlines()
+            out.append(f"  {sig}" + (f"  — {doc[0]}" if doc else ""))
+    return "\n".join(out) if out else f"no jobs are allowed ({config.path})"

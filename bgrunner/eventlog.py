@@ -1,0 +1,438 @@
+"""The JSON event log: one JSON object per line, safe with many writer processes.
+
+Every job process writes here, so this module keeps to the standard library and
+to the modules Python has loaded anyway (``os``, ``sys``, ``time``, ``_thread``)
+plus ``json``. ``filelock`` (about 40 ms to import) is imported only when a file
+has to be rotated and ``traceback`` only by :func:`format_exception`.
+
+How lines stay whole and none is lost with many processes at once:
+
+* each file is opened with ``O_WRONLY | O_APPEND | O_CREAT`` and each line is
+  handed to the kernel in **one** ``os.write`` call. With ``O_APPEND`` the kernel
+  moves to the end of the file and writes as one step, so lines from different
+  processes never interleave or overwrite each other (on local file systems;
+  NFS does not honour ``O_APPEND`` across machines, and neither does Windows);
+* ``os.write`` on a regular file writes everything unless the disk is full or a
+  signal hits in the middle of a huge write; a short write is finished with
+  further calls (the only case where a line could be split);
+* rotation happens under a ``filelock`` on ``<file>.lock``, and only after the
+  size is checked again under the lock, so two processes never rotate the same
+  file twice. A writer still holding the renamed file notices on its next line
+  (the path no longer names its inode) and reopens. A line written to the old
+  inode meanwhile lands in ``<file>.1``: late, never lost.
+"""
+
+from __future__ import annotations
+
+import _thread  # builtin, always loaded; ``threading`` would be one more import
+import json
+import os
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+__all__ = [
+    "ERROR_EVENTS",
+    "ERROR_LOG",
+    "EventLog",
+    "MAIN_LOG",
+    "format_exception",
+    "log_files",
+    "read_events",
+]
+
+MAIN_LOG = "background_jobs.log"
+"""Every event of every job."""
+
+ERROR_LOG = "background_jobs_errors.log"
+"""The same lines, for events whose level is ``"error"`` only."""
+
+ERROR_EVENTS = frozenset({"job_failed", "job_rejected"})
+"""Events logged at level ``"error"`` unless the caller gives another level."""
+
+WARNING_EVENTS = frozenset({"job_retrying"})
+"""Events logged at level ``"warning"`` unless the caller gives another level."""
+
+REQUIRED_FIELDS = ("job_id", "target", "method", "attempt", "pid")
+"""Present on every line, after timestamp, level and event; ``null`` when unknown."""
+
+ROTATE_LOCK_TIMEOUT = 10.0
+"""Seconds to wait for another process's rotation; past it the line is written unrotated."""
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+def _utc_timestamp() -> str:
+    """Now as ISO 8601 UTC with microseconds and a ``Z``: ``2024-05-01T12:00:00.123456Z``."""
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % (nanos // 1000)
+
+
+def _safe_value(value: Any) -> Any:
+    """``value`` if JSON can write it (``default=str`` included), else a string for it."""
+    try:
+        json.dumps(value, default=str, allow_nan=False)
+        return value
+    except Exception:  # a user's object may raise anything from __str__
+        try:
+            return str(value)
+        except Exception:
+            return f"<unprintable {type(value).__name__}>"
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    """One line of ASCII JSON ending in a newline; never raises for odd values."""
+    try:
+        text = json.dumps(record, default=str, allow_nan=False)
+    except Exception:  # cycles, NaN, non-str keys, a raising __str__
+        safe = {k: _safe_value(v) for k, v in record.items()}
+        text = json.dumps(safe, default=str, allow_nan=False)
+    return (text + "\n").encode("ascii")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` with one ``os.write``; loop only on a (rare) short write."""
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+class _LogFile:
+    """One append-only file: its path, open descriptor and the inode that descriptor is on."""
+
+    __slots__ = ("fd", "inode", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.inode: tuple[int, int] | None = None
+
+    def reopen(self) -> os.stat_result:
+        """Open the file now at ``path`` (creating it 0o600) and return its stat."""
+        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        st = os.fstat(fd)
+        self.close()
+        self.fd, self.inode = fd, (st.st_dev, st.st_ino)
+        return st
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd, self.inode = self.fd, -1, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _Sink:
+    """The state shared by an :class:`EventLog` and all its bound views."""
+
+    def __init__(self, log_dir: str, max_bytes: int, backups: int) -> None:
+        self.log_dir = log_dir
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.main = _LogFile(os.path.join(log_dir, MAIN_LOG))
+        self.errors = _LogFile(os.path.join(log_dir, ERROR_LOG))
+        self.lock = _thread.allocate_lock()
+        self.depth = 0  # > 1: a signal handler emitted in the middle of a line
+        self.owner_pid = os.getpid()
+        self.disabled = False
+        self.rotation_warned = False
+
+    def write(self, line: bytes, to_errors: bool) -> None:
+        if self.disabled:
+            return
+        if os.getpid() != self.owner_pid:
+            # Forked while another thread may have held the lock: start afresh.
+            # The inherited descriptors are still good (O_APPEND is per file).
+            self.lock = _thread.allocate_lock()
+            self.depth = 0
+            self.owner_pid = os.getpid()
+        # Reentrant, so that a signal handler that logs while this thread is
+        # mid-line does not deadlock; that inner line leaves the shared
+        # descriptors alone (the outer one may be reopening them).
+        with self.lock:
+            self.depth += 1
+            try:
+                if self.depth > 1:
+                    self._append_once(line, to_errors)
+                    return
+                if self.disabled:
+                    return
+                try:
+                    self._append(self.main, line)
+                    if to_errors:
+                        self._append(self.errors, line)
+                except OSError as exc:
+                    self._disable(exc)
+            finally:
+                self.depth -= 1
+
+    def close(self) -> None:
+        with self.lock:
+            self.main.close()
+            self.errors.close()
+
+    def _append(self, f: _LogFile, line: bytes) -> None:
+        st = self._current(f)
+        if 0 < self.max_bytes < st.st_size + len(line) and st.st_size > 0:
+            self._rotate(f, len(line))
+        _write_all(f.fd, line)
+
+    def _append_once(self, line: bytes, to_errors: bool) -> None:
+        """Append through descriptors of its own, opened and closed here; no rotation."""
+        for f in (self.main, self.errors) if to_errors else (self.main,):
+            try:
+                fd = os.open(f.path, _OPEN_FLAGS, 0o600)
+            except OSError:
+                continue
+            try:
+                _write_all(fd, line)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _current(self, f: _LogFile) -> os.stat_result:
+        """Make ``f.fd`` point at the file now at ``f.path`` and return that file's stat.
+
+        One ``os.stat`` per line (about 1-2 µs) is how a writer learns that another
+        process rotated the file under it.
+        """
+        if f.fd >= 0:
+            st = _stat_or_none(f.path)
+            if st is not None and (st.st_dev, st.st_ino) == f.inode:
+                return st
+        try:
+            return f.reopen()
+        except FileNotFoundError:  # the folder is missing (first write, or removed since)
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+            return f.reopen()
+
+    def _rotate(self, f: _LogFile, incoming: int) -> None:
+        """Shift ``f`` to ``.1`` (and older ones up) unless another process just did it."""
+        try:
+            import filelock  # ~40 ms, needed only when a file is full
+
+            lock = filelock.FileLock(f.path + ".lock", mode=0o600)
+            lock.acquire(timeout=ROTATE_LOCK_TIMEOUT, poll_interval=0.002)
+        except Exception as exc:  # Timeout, ImportError, OSError
+            self._warn_rotation(f.path, exc)
+            return
+        try:
+            st = _stat_or_none(f.path)
+            if st is not None and st.st_size > 0 and st.st_size + incoming > self.max_bytes:
+                _shift_backups(f.path, self.backups)
+        except OSError as exc:
+            self._warn_rotation(f.path, exc)
+        finally:
+            try:
+                f.reopen()
+            finally:
+                lock.release()
+
+    def _disable(self, exc: OSError) -> None:
+        self.disabled = True
+        self.main.close()
+        self.errors.close()
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None and os.fspath(exc.filename) != self.log_dir:
+            reason = f"{reason}: {exc.filename}"
+        _warn(f"cannot write logs to {self.log_dir}: {reason}; continuing without logs")
+
+    def _warn_rotation(self, path: str, exc: BaseException) -> None:
+        if not self.rotation_warned:
+            self.rotation_warned = True
+            _warn(f"cannot rotate {path}: {exc!r}; it keeps growing")
+
+
+def _shift_backups(path: str, backups: int) -> None:
+    """``path.{n-1}`` -> ``path.{n}`` ... ``path`` -> ``path.1``; older than ``backups`` go.
+
+    With ``backups == 0`` the file is truncated in place instead: writers that
+    hold it keep appending to the same inode, so no later line is lost.
+    """
+    if backups <= 0:
+        os.truncate(path, 0)
+        return
+    for n in range(backups - 1, 0, -1):
+        try:
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+        except FileNotFoundError:
+            pass
+    os.replace(path, f"{path}.1")
+
+
+def _warn(message: str) -> None:
+    """One line on stderr; a job process may have no usable stderr, which is fine."""
+    try:
+        stream = sys.stderr
+        if stream is not None:
+            stream.write(f"bgrunner: warning: {message}\n")
+            stream.flush()
+    except Exception:  # closed or broken stderr
+        pass
+
+
+class EventLog:
+    """Appends one JSON object per line to ``<dir>/background_jobs.log``.
+
+    Lines whose level is ``"error"`` are also appended to
+    ``<dir>/background_jobs_errors.log``. That is the whole routing rule. The
+    level defaults by event: ``job_failed`` and ``job_rejected`` are ``"error"``
+    (so they reach both files), ``job_retrying`` is ``"warning"`` (main file
+    only), everything else ``"info"``. A caller may pass another level.
+
+    Each line's keys, in this order: ``timestamp`` (UTC, ISO 8601 with
+    microseconds and a ``Z``, e.g. ``2024-05-01T12:00:00.123456Z``; Python
+    3.11's ``datetime.fromisoformat`` reads it), ``level``, ``event``,
+    ``job_id``, ``target``, ``method``, ``attempt``, ``pid``, then the bound
+    fields and the call's fields (the call wins over a bound field). ``pid``
+    defaults to ``os.getpid()`` at the time of the line; the other four are
+    ``null`` when not given. A field named ``timestamp`` is ignored. Values JSON
+    can't write are written as ``str(value)``; lines are ASCII (other
+    characters are ``\\uXXXX`` escaped), so one line is always one line.
+
+    Files are opened at the first line, not here. The folder is created 0o700
+    and the files 0o600 if missing. When the folder or a file can't be created
+    or written, one warning goes to stderr and the log goes quiet:
+    :meth:`emit` never raises.
+
+    Rotation: before a line would take a file past ``max_bytes`` (0 = never),
+    the file becomes ``.1``, ``.1`` becomes ``.2`` ... and files beyond
+    ``backups`` are dropped. A single line bigger than ``max_bytes`` is written
+    whole into its own file.
+    """
+
+    __slots__ = ("_bound", "_sink")
+
+    def __init__(
+        self, log_dir: str | os.PathLike[str], max_bytes: int = 10_000_000, backups: int = 5
+    ) -> None:
+        if max_bytes < 0 or backups < 0:
+            raise ValueError("max_bytes and backups must be >= 0")
+        self._sink = _Sink(os.fspath(log_dir), max_bytes, backups)
+        self._bound: dict[str, Any] = {}
+
+    @property
+    def log_dir(self) -> str:
+        return self._sink.log_dir
+
+    @property
+    def main_path(self) -> str:
+        return self._sink.main.path
+
+    @property
+    def errors_path(self) -> str:
+        return self._sink.errors.path
+
+    def bind(self, **fields: Any) -> EventLog:
+        """A view that adds ``fields`` to each of its lines; it shares this log's files."""
+        view = object.__new__(EventLog)
+        view._sink = self._sink
+        view._bound = {**self._bound, **fields}
+        return view
+
+    def emit(self, event: str, *, level: str | None = None, **fields: Any) -> None:
+        """Append one line (and to the errors file if its level is ``"error"``). Never raises."""
+        try:
+            sink = self._sink
+            if sink.disabled:
+                return
+            if level is None:
+                level = (
+                    "error"
+                    if event in ERROR_EVENTS
+                    else "warning" if event in WARNING_EVENTS else "info"
+                )
+            merged = {**self._bound, **fields} if self._bound else fields
+            record: dict[str, Any] = {
+                "timestamp": _utc_timestamp(),
+                "level": level,
+                "event": event,
+                "job_id": merged.pop("job_id", None),
+                "target": merged.pop("target", None),
+                "method": merged.pop("method", None),
+                "attempt": merged.pop("attempt", None),
+                "pid": merged.pop("pid", None),
+            }
+            if record["pid"] is None:
+                record["pid"] = os.getpid()
+            merged.pop("timestamp", None)
+            record.update(merged)
+            sink.write(_encode(record), level == "error")
+        except Exception:  # logging must never break a job
+            pass
+
+    def close(self) -> None:
+        """Close the files (of every view). A later :meth:`emit` opens them again."""
+        self._sink.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def format_exception(exc: BaseException) -> str:
+    """The full traceback text of ``exc`` (chained causes included), no trailing newline."""
+    import traceback  # ~10 ms, only needed when a job fails
+
+    return "".join(traceback.format_exception(exc)).rstrip("\n")
+
+
+def log_files(path: str | os.PathLike[str]) -> list[str]:
+    """``path``'s rotated files then ``path`` itself, oldest first; only those that exist."""
+    path = os.fspath(path)
+    folder, base = os.path.split(path)
+    prefix = base + "."
+    numbered: list[tuple[int, str]] = []
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        names = []
+    for name in names:
+        suffix = name[len(prefix) :]
+        if name.startswith(prefix) and suffix.isdigit():
+            numbered.append((int(suffix), os.path.join(folder, name)))
+    files = [p for _, p in sorted(numbered, reverse=True)]
+    if os.path.exists(path):
+        files.append(path)
+    return files
+
+
+def read_events(
+    path: str | os.PathLike[str], job_id: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The events in one log file, in order; only ``job_id``'s if given.
+
+    A line that is not a JSON object is skipped. A missing file yields nothing
+    (the errors file, for one, exists only once something has failed). Use
+    :func:`log_files` to read the rotated files too.
+    """
+    try:
+        stream = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    with stream:
+        for line in stream:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and (job_id is None or event.get("job_id") == job_id):
+                yield event

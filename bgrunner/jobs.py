@@ -1,0 +1,304 @@
+"""Named job operations over the store: submit, launch, cancel, and keep status truthful.
+
+This is the layer the API, the CLI, the worker and the dashboard call; it
+checks the allowlist, writes events to the log and asks the OS (pid *and*
+start time) before it believes a job is running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bgrunner import procs
+from bgrunner.allowlist import JobSpec, target_of
+from bgrunner.context import Context, host_id
+from bgrunner.errors import JobNotFound, ParamsError, UsageError
+from bgrunner.retry import next_retry
+from bgrunner.store.base import CANCELLED, FAILED, JobRecord, NewJob
+
+#: A claimed job whose process has not recorded itself after this long was never started.
+LAUNCH_GRACE = 15.0
+
+Params = list[Any] | dict[str, Any]
+
+
+def normalise_target(target: str | type) -> str:
+    return target_of(target) if isinstance(target, type) else target
+
+
+def check_params(params: Any) -> Params:
+    """Params must be a list (positional) or dict (keyword) of JSON values; a tuple is a list."""
+    if params is None:
+        return []
+    if isinstance(params, tuple):
+        params = list(params)
+    if not isinstance(params, list | dict):
+        raise ParamsError(f"params must be a list or a dict, not {type(params).__name__}")
+    try:
+        text = json.dumps(params, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"params are not JSON-serialisable: {exc}") from exc
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def check_binding(target: str | type, spec: JobSpec, method: str, params: Params) -> None:
+    """Bind params to the signature when the class is at hand without importing anything new."""
+    import sys
+
+    cls = target if isinstance(target, type) else None
+    if cls is None and spec.module in sys.modules:
+        cls = getattr(sys.modules[spec.module], spec.class_name, None)
+    if not isinstance(cls, type):
+        return
+    from bgrunner.loader import TargetLoadError, signature_callable
+    from bgrunner.params import bind_params
+
+    try:
+        bind_params(signature_callable(cls, method), params)
+    except TargetLoadError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def prepare(ctx: Context, target: str | type, method: str, params: Any, *, priority: int = 0,
+            delay: float = 0, max_attempts: int | None = None, retry_delay: float | None = None,
+            timeout: float | None = None, then: Sequence[Any] | None = None,
+            parent_id: int | None = None, retry_of: int | None = None) -> NewJob:
+    """Validate a submission completely (allowlist, params, policy, follow-ups) before any write."""
+    name = normalise_target(target)
+    spec = ctx.config.check(name, method)
+    checked = check_params(params)
+    check_binding(target, spec, method, checked)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise UsageError(f"priority must be an integer, not {priority!r}")
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+        raise UsageError(f"delay must be a number of seconds >= 0, not {delay!r}")
+    policy = spec.policy.with_overrides(max_attempts=max_attempts, retry_delay=retry_delay,
+                                        timeout=timeout)
+    followups = [followup(ctx, item) for item in (then or [])]
+    return NewJob(target=name, method=method, params=checked, priority=priority,
+                  run_at=time.time() + float(delay), max_attempts=policy.max_attempts,
+                  retry_delay=policy.retry_delay, timeout=policy.timeout, then=followups,
+                  parent_id=parent_id, retry_of=retry_of)
+
+
+def followup(ctx: Context, item: Any) -> dict[str, Any]:
+    """A chained job ``(target, method, params)`` or dict, allowlist-checked at submit time."""
+    if isinstance(item, dict):
+        target, method, params = item.get("target"), item.get("method", "handle"), item.get("params")
+    elif isinstance(item, list | tuple) and 1 <= len(item) <= 3:
+        target, method, params = (list(item) + ["handle", None])[:3]
+    else:
+        raise UsageError(f"a follow-up must be (target, method, params), not {item!r}")
+    if not isinstance(target, str | type) or not isinstance(method, str):
+        raise UsageError(f"a follow-up must be (target, method, params), not {item!r}")
+    name = normalise_target(target)
+    ctx.config.check(name, method)
+    return {"target": name, "method": method, "params": check_params(params)}
+
+
+def submit(ctx: Context, new: NewJob) -> int:
+    """Record a validated job durably, log it, and (autostart) get it started."""
+    job_id = ctx.store.create(new)
+    ctx.log.emit("job_queued", job_id=str(job_id), target=new.target, method=new.method,
+                 attempt=0, priority=new.priority, run_at=new.run_at)
+    if ctx.autostart:
+        start_soon(ctx, job_id, due=new.run_at <= time.time())
+    return job_id
+
+
+def start_soon(ctx: Context, job_id: int, *, due: bool) -> None:
+    """Launch the job now if its slot is free; otherwise make sure a worker will."""
+    if due:
+        job = ctx.store.claim(job_id, now=time.time(), cap=ctx.config.runner.cap, host=host_id())
+        if job is not None:
+            launch(ctx, job)
+            return
+    from bgrunner.wakeup import ensure_worker
+
+    ensure_worker(ctx)
+
+
+def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> Any:
+    """Start the process of a job this process has claimed; give it back if that fails."""
+    from bgrunner import launcher
+
+    try:
+        proc = launcher.spawn(launcher.job_command(job.target, job.method, job.id),
+                              env=ctx.child_env(), output_dir=ctx.output_dir, job_id=job.id)
+    except OSError as exc:
+        ctx.store.unclaim(job.id, job.attempts)
+        raise UsageError(f"cannot start job {job.id}: {exc}") from exc
+    started = procs.start_time(proc.pid)
+    if started is not None:
+        ctx.store.set_process(job.id, job.attempts, pid=proc.pid, pid_ctime=started)
+    if watch:
+        launcher.reaper().watch(proc, (ctx, job.id, job.attempts), _on_exit)
+    return proc
+
+
+def _on_exit(proc: Any, data: tuple[Context, int, int]) -> None:
+    ctx, job_id, attempt = data
+    store = ctx.store.__class__(ctx.store.url)  # the reaper thread has its own connection
+    try:
+        job = store.get(job_id)
+        if job is not None and job.owned and job.attempts == attempt and job.pid == proc.pid:
+            record_death(ctx, job, procs.describe_exit(proc.returncode), store=store)
+    finally:
+        store.close()
+
+
+def record_death(ctx: Context, job: JobRecord, how: str, *, store: Any = None) -> bool:
+    """The job's process is gone without recording an end: count a failed attempt, retry per policy."""
+    store = store or ctx.store
+    error = f"the job's process died without reporting: {how}"
+    now = time.time()
+    try:
+        policy = ctx.config.check(job.target, job.method).policy.with_overrides(
+            max_attempts=job.max_attempts, retry_delay=job.retry_delay, timeout=job.timeout)
+        delay = next_retry(policy, job.attempts, ["JobCrashed", "bgrunner.JobCrashed"])
+    except Exception:  # no longer allowed: do not retry
+        delay = None
+    log = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
+    if delay is None:
+        if store.finish(job.id, job.attempts, status=FAILED, now=now, error=error,
+                        outcome="crashed"):
+            log.emit("job_failed", level="error", attempt=job.attempts, error=error,
+                     traceback=None, outcome="crashed", pid=job.pid)
+            return True
+        return False
+    if store.retry_later(job.id, job.attempts, outcome="crashed", error=error, traceback=None,
+                         run_at=now + delay, release=True, now=now):
+        log.emit("job_retrying", level="warning", attempt=job.attempts, error=error,
+                 retry_in_s=round(delay, 3), outcome="crashed", pid=job.pid)
+        if ctx.autostart:
+            start_soon(ctx, job.id, due=delay <= 0)
+        return True
+    return False
+
+
+def reconcile(ctx: Context, jobs: Iterable[JobRecord] | None = None) -> int:
+    """Make the store agree with the OS: dead processes are failed attempts, stale claims go back.
+
+    Only processes on this host can be checked. A zombie counts as dead.
+    """
+    me = host_id()
+    changed = 0
+    now = time.time()
+    for job in (ctx.store.active() if jobs is None else jobs):
+        if not job.owned or (job.host is not None and job.host != me):
+            continue
+        if job.pid is None:
+            if job.claimed_at is not None and now - job.claimed_at > LAUNCH_GRACE:
+                changed += ctx.store.unclaim(job.id, job.attempts)
+            continue
+        if procs.is_alive(job.pid, job.pid_ctime):
+            continue
+        current = ctx.store.get(job.id)
+        if current is not None and current.owned and current.attempts == job.attempts:
+            changed += record_death(ctx, current, f"process {job.pid} is gone")
+    return changed
+
+
+def get(ctx: Context, job_id: int | str) -> JobRecord:
+    """The job, after checking that a running one really is running."""
+    jid = parse_id(job_id)
+    job = ctx.store.get(jid)
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    if job.owned and reconcile(ctx, [job]):
+        job = ctx.store.get(jid) or job
+    return job
+
+
+def parse_id(job_id: int | str) -> int:
+    try:
+        value = int(job_id)
+    except (TypeError, ValueError):
+        raise JobNotFound(f"no job {job_id!r}: ids are whole numbers") from None
+    if value <= 0:
+        raise JobNotFound(f"no job {job_id!r}")
+    return value
+
+
+def cancel(ctx: Context, job_id: int | str, *, reason: str = "cancelled by request",
+           wait: bool = True) -> bool:
+    """Cancel a pending, retrying or running job. True if this call cancelled it.
+
+    The status becomes ``cancelled`` first (final: the dying job cannot
+    overwrite it), then the job's process tree gets SIGTERM and, after
+    ``cancel_grace``, SIGKILL. A pid whose start time differs from the
+    recorded one is never signalled.
+    """
+    jid = parse_id(job_id)
+    before = ctx.store.cancel(jid, now=time.time())
+    if before is None:
+        return False
+    ctx.log.emit("job_cancelled", job_id=str(jid), target=before.target, method=before.method,
+                 attempt=before.attempts, reason=reason, was=before.status)
+    if before.pid is not None and (before.host is None or before.host == host_id()):
+        stop_process(ctx, before, wait=wait)
+    return True
+
+
+def stop_process(ctx: Context, job: JobRecord, *, wait: bool = True) -> None:
+    """SIGTERM the job's tree, SIGKILL what is left after the grace (in a thread if not waiting)."""
+    if not procs.is_alive(job.pid, job.pid_ctime):
+        return
+    grace = ctx.config.runner.cancel_grace
+    if wait:
+        procs.kill_tree(job.pid or 0, job.pid_ctime, grace=grace)
+        return
+    import threading
+
+    threading.Thread(target=procs.kill_tree, args=(job.pid or 0, job.pid_ctime),
+                     kwargs={"grace": grace}, daemon=True).start()
+
+
+def wait_for(ctx: Context, job_id: int | str, timeout: float | None = None,
+             poll: float = 0.05) -> JobRecord:
+    """Block until the job is completed, failed or cancelled."""
+    from bgrunner.errors import WaitTimeout
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    checked = 0.0
+    while True:
+        job = ctx.store.get(parse_id(job_id))
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        if job.is_final:
+            return job
+        if time.monotonic() - checked > 1.0:  # dead processes are noticed while waiting
+            checked = time.monotonic()
+            get(ctx, job_id)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout} s")
+        time.sleep(poll)
+
+
+def submit_followups(ctx: Context, job: JobRecord) -> list[int]:
+    """Queue the jobs chained after a completed one."""
+    ids = []
+    for item in job.then:
+        try:
+            new = prepare(ctx, item["target"], item.get("method", "handle"), item.get("params"),
+                          parent_id=job.id)
+            ids.append(submit(ctx, new))
+        except Exception as exc:  # the parent completed; a follow-up that cannot start is logged
+            ctx.log.emit("job_rejected", level="error", job_id=None, target=item.get("target"),
+                         method=item.get("method"), reason=f"follow-up of job {job.id}: {exc}")
+    return ids
+
+
+def retry(ctx: Context, job_id: int | str) -> int:
+    """A new job with the same target and params as a failed or cancelled one, linked to it."""
+    old = get(ctx, job_id)
+    if old.status not in (FAILED, CANCELLED):
+        raise UsageError(f"job {old.id} is {old.status}; only failed or cancelled jobs are retried")
+    new = prepare(ctx, old.target, old.method, old.params, priority=old.priority,
+                  max_attempts=old.max_attempts, retry_delay=old.retry_delay,
+                  timeout=old.timeout, then=old.then, retry_of=old.id)
+    return submit(ctx, new)
+

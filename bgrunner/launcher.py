@@ -1,0 +1,143 @@
+"""The parent side of a job: start its process detached, and reap it.
+
+A launched job runs ``python run_job.py module:Class method --job-id N`` in a
+session of its own (or, on Windows, a detached new process group), with the
+launcher's environment and working directory, stdin from /dev/null and its
+output appended to ``<log dir>/output/<id>.out``. Params are read from the
+store by the child, so they never appear on a command line.
+
+Long-lived launchers (web servers, the worker) must not collect zombies: every
+child is watched by one daemon thread that reaps it as soon as it exits and,
+if the job did not record its own end, records how the process died.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: Windows creation flags (constants of the Win32 API; not present in subprocess on POSIX).
+DETACHED_PROCESS = 0x00000008
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+
+RUN_JOB = Path(__file__).resolve().parent.parent / "run_job.py"
+
+
+def detach_options(platform: str) -> dict[str, Any]:
+    """The ``Popen`` keywords that detach a child from its launcher on this platform."""
+    if platform == "win32":
+        return {"creationflags": DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def job_command(target: str, method: str, job_id: int) -> list[str]:
+    """``python run_job.py target method --job-id N`` (no params: they stay in the store)."""
+    if RUN_JOB.is_file():
+        return [sys.executable, str(RUN_JOB), target, method, "--job-id", str(job_id)]
+    return [sys.executable, "-m", "bgrunner.run_cli", target, method, "--job-id", str(job_id)]
+
+
+def output_path(output_dir: str, job_id: int) -> str:
+    return os.path.join(output_dir, f"{job_id}.out")
+
+
+def open_output(output_dir: str, job_id: int) -> int:
+    """The job's output file, private, opened for appending (a retry adds to it)."""
+    os.makedirs(output_dir, mode=0o700, exist_ok=True)
+    return os.open(output_path(output_dir, job_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def spawn(command: list[str], *, env: dict[str, str], output_dir: str, job_id: int) -> subprocess.Popen[bytes]:
+    """Start a detached job process; its stdout and stderr go to its output file."""
+    out = open_output(output_dir, job_id)
+    try:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+            close_fds=True, **detach_options(sys.platform),
+        )
+    finally:
+        os.close(out)
+
+
+ExitCallback = Callable[[subprocess.Popen[bytes], Any], None]
+
+
+class Reaper:
+    """One daemon thread that waits for launched children and reaps each as it exits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._children: dict[int, tuple[subprocess.Popen[bytes], Any, ExitCallback | None]] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread: threading.Thread | None = None
+        self._owner = os.getpid()
+
+    def watch(self, proc: subprocess.Popen[bytes], data: Any = None,
+              on_exit: ExitCallback | None = None) -> None:
+        pidfd = None
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pass
+        with self._lock:
+            self._children[proc.pid] = (proc, data, on_exit)
+            if pidfd is not None:
+                self._selector.register(pidfd, selectors.EVENT_READ, proc.pid)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="bgrunner-reaper",
+                                                daemon=True)
+                self._thread.start()
+        os.write(self._wake_w, b"\0")
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._children)
+
+    def _loop(self) -> None:
+        while True:
+            events = self._selector.select(timeout=0.5)
+            for key, _ in events:
+                if key.data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+            self._reap()
+
+    def _reap(self) -> None:
+        with self._lock:
+            done = [(pid, entry) for pid, entry in self._children.items()
+                    if entry[0].poll() is not None]
+            for pid, _ in done:
+                del self._children[pid]
+                for key in list(self._selector.get_map().values()):
+                    if key.data == pid:
+                        self._selector.unregister(key.fileobj)
+                        os.close(key.fd)
+        for _pid, (proc, data, on_exit) in done:
+            if on_exit is not None:
+                try:
+                    on_exit(proc, data)
+                except Exception as exc:  # a reaper must outlive a failing callback
+                    print(f"bgrunner: warning: after job process {proc.pid} exited: {exc}",
+                          file=sys.stderr)
+
+
+_reaper: Reaper | None = None
+
+
+def reaper() -> Reaper:
+    """The process-wide reaper (a new one after fork: threads do not survive fork)."""
+    global _reaper
+    if _reaper is None or _reaper._owner != os.getpid():
+        _reaper = Reaper()
+    return _reaper

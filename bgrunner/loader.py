@@ -1,0 +1,53 @@
+"""Import an allow-listed target. Callers must have checked the allowlist first.
+
+The loader is the only place user code is imported; it is called only with a
+``JobSpec`` the allowlist returned, so nothing outside ``[jobs]`` is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
+
+from bgrunner.allowlist import JobSpec
+
+
+class TargetLoadError(Exception):
+    """The allow-listed module, class or method could not be loaded (a failed job)."""
+
+
+def load_class(spec: JobSpec) -> type:
+    try:
+        module = importlib.import_module(spec.module)
+    except BaseException as exc:  # a broken module must not take the runner down
+        raise TargetLoadError(f"cannot import module {spec.module!r}: {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, spec.class_name, None)
+    if not isinstance(cls, type):
+        raise TargetLoadError(f"module {spec.module!r} has no class {spec.class_name!r}")
+    return cls
+
+
+def signature_callable(cls: type, method: str) -> Callable[..., Any]:
+    """A callable with the method's signature as called on an instance (no ``self``).
+
+    Used to bind and convert params before the first attempt without running
+    the class's ``__init__`` in the supervising process.
+    """
+    raw = inspect.getattr_static(cls, method, None)
+    if raw is None:
+        raise TargetLoadError(f"class {cls.__qualname__!r} has no method {method!r}")
+    if isinstance(raw, staticmethod):
+        return raw.__func__  # type: ignore[no-any-return]
+    if isinstance(raw, classmethod):
+        return types.MethodType(raw.__func__, cls)
+    if not callable(raw):
+        raise TargetLoadError(f"{cls.__qualname__}.{method} is not callable")
+    return types.MethodType(raw, object())
+
+
+def bound_method(cls: type, method: str) -> Callable[..., Any]:
+    """Instantiate the class with no arguments and return the method to call."""
+    return getattr(cls(), method)  # type: ignore[no-any-return]

@@ -1,0 +1,174 @@
+"""Process identity and process-tree control: pid *and* start time, never pid alone.
+
+Pids are reused, so every process bgrunner records is identified by its pid and
+the start time psutil reports for it (``create_time``). Nothing here signals a
+pid whose start time differs from the recorded one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+#: Two start times closer than this are the same process (both come from /proc's jiffies).
+START_TIME_TOLERANCE = 0.05
+
+_boot_time: float | None = None
+
+
+def _linux_boot_time() -> float:
+    global _boot_time
+    if _boot_time is None:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime"):
+                    _boot_time = float(line.split()[1])
+                    break
+            else:  # pragma: no cover - every Linux has btime
+                raise RuntimeError("no btime in /proc/stat")
+    return _boot_time
+
+
+def start_time(pid: int) -> float | None:
+    """The process's start time as psutil's ``create_time()`` gives it, or None if it is gone.
+
+    On Linux this reads /proc directly (the same formula psutil uses) so the job
+    path does not pay psutil's import; elsewhere it asks psutil.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        fields = data[data.rindex(b")") + 2:].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def is_alive(pid: int | None, recorded_start: float | None) -> bool:
+    """True if ``pid`` is running *and* is the process that was recorded (not a zombie)."""
+    if not pid:
+        return False
+    now_start = start_time(pid)
+    if now_start is None:
+        return False
+    if recorded_start is not None and abs(now_start - recorded_start) > START_TIME_TOLERANCE:
+        return False
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return True
+        return data[data.rindex(b")") + 2:data.rindex(b")") + 3] in (b"Z", b"X")
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return True
+
+
+def describe_exit(returncode: int) -> str:
+    """How a child ended, in words: 'exit code 3' or 'killed by signal 9 (SIGKILL)'."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exit code {returncode}"
+
+
+def describe_wait_status(status: int) -> str:
+    """``describe_exit`` for a raw ``os.waitpid`` status."""
+    return describe_exit(os.waitstatus_to_exitcode(status))
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux), so none escape a kill.
+
+    A job's grandchild that starts its own session and whose parent exits would
+    otherwise re-parent to init and be invisible to a tree walk.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
+              include_root: bool = True, poll: float = 0.02) -> bool:
+    """SIGTERM a process and all its descendants, then SIGKILL what is left after ``grace``.
+
+    The tree is collected with psutil *before* any signal (children re-parent
+    once their parent dies). Each process group found is signalled too, so a
+    job's own children that share its group are reached. Processes already gone
+    count as success. Returns False only if the root is not the recorded process.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        if recorded_start is not None and abs(root.create_time() - recorded_start) > START_TIME_TOLERANCE:
+            return False
+        procs = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return True
+    if include_root:
+        procs.append(root)
+    _signal_all(procs, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(procs, timeout=grace) if grace > 0 else ([], procs)
+    if alive:
+        # Grandchildren born during the grace period are collected again.
+        more: list[psutil.Process] = []
+        for p in alive:
+            try:
+                more.extend(p.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        _signal_all(alive + more, signal.SIGKILL)
+        psutil.wait_procs(alive + more, timeout=5)
+    return True
+
+
+def _signal_all(procs: list["psutil.Process"], sig: int) -> None:  # noqa: F821
+    import psutil
+
+    for p in procs:
+        try:
+            p.send_signal(sig)  # psutil checks the pid was not reused since it was collected
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass

@@ -1,0 +1,52 @@
+"""Progress reports from inside a job: ``bgrunner.progress(done, total=None, message=None)``.
+
+Inside an attempt the report goes over the pipe to the supervising process,
+which stores it (throttled). Outside a job it does nothing, so job code can be
+called directly in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+#: Set by the attempt process to the pipe of its supervisor.
+_channel_fd: int | None = None
+_cancel_checked_at = 0.0
+_cancel_seen = False
+
+
+def progress(done: float, total: float | None = None, message: str | None = None) -> None:
+    """Report how far the job is. Cheap: one small write to a pipe."""
+    if _channel_fd is None:
+        return
+    report = {"type": "progress", "done": done, "total": total, "message": message}
+    try:
+        os.write(_channel_fd, (json.dumps(report, default=str) + "\n").encode())
+    except OSError:
+        pass
+
+
+def cancel_requested() -> bool:
+    """True once the running job has been cancelled: a job may poll it to stop cleanly.
+
+    Reads the job store at most twice a second; outside a job it is always False.
+    """
+    global _cancel_checked_at, _cancel_seen
+    job_id = os.environ.get("BGRUNNER_JOB_ID")
+    if _cancel_seen or not job_id or _channel_fd is None:
+        return _cancel_seen
+    now = time.monotonic()
+    if now - _cancel_checked_at < 0.5:
+        return False
+    _cancel_checked_at = now
+    from bgrunner.store import open_store
+
+    store = open_store()
+    try:
+        job = store.get(int(job_id))
+    finally:
+        store.close()
+    _cancel_seen = job is not None and job.status == "cancelled"
+    return _cancel_seen

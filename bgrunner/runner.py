@@ -1,0 +1,340 @@
+"""The supervising side of a job's process: attempts, timeouts, retries, and the record of each.
+
+``run_job.py`` becomes the supervisor of its job. Each attempt is forked into a
+process group of its own (see ``attempt.py``); the supervisor waits for it with
+a deadline, kills its whole tree when the deadline passes or the job is
+cancelled, decides on a retry with the pure ``retry.next_retry`` and writes
+every state change to the store, fenced by the attempt number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bgrunner import procs
+from bgrunner.allowlist import JobSpec, Policy
+from bgrunner.context import Context
+from bgrunner.eventlog import EventLog
+from bgrunner.retry import next_retry
+from bgrunner.store.base import CANCELLED, COMPLETED, FAILED, JobRecord
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_CANCELLED = 0, 1, 2, 3, 4
+
+#: How often progress reports reach the store at most (seconds).
+PROGRESS_INTERVAL = 0.25
+
+TIMEOUT_NAMES = ["JobTimeout", "bgrunner.JobTimeout", "TimeoutError", "builtins.TimeoutError"]
+CRASH_NAMES = ["JobCrashed", "bgrunner.JobCrashed"]
+INTERRUPT_NAMES = ["JobInterrupted", "bgrunner.JobInterrupted"]
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to."""
+
+    kind: str  # "completed" | "error" | "timeout" | "crashed" | "stopped"
+    result: str | None = None
+    note: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    names: list[str] = field(default_factory=list)
+
+
+class StopRequested:
+    """Flags set by signal handlers (handlers only set flags), plus a wake-up pipe for select()."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        try:
+            os.write(self.write_fd, b"\0")
+        except OSError:
+            pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+@contextmanager
+def stop_signals(stop: StopRequested) -> Iterator[None]:
+    """Install flag-setting handlers for SIGTERM/SIGINT/SIGHUP; restore the old ones after."""
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    old = {s: signal.signal(s, stop.handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Supervisor:
+    """Runs one job to a final state (or hands it back for a later retry)."""
+
+    def __init__(self, ctx: Context, spec: JobSpec, cls: type, job: JobRecord,
+                 args: list[Any], kwargs: dict[str, Any], *, foreground: bool) -> None:
+        self.ctx, self.spec, self.cls, self.job = ctx, spec, cls, job
+        self.args, self.kwargs = args, kwargs
+        self.foreground = foreground
+        self.policy: Policy = spec.policy.with_overrides(
+            max_attempts=job.max_attempts, retry_delay=job.retry_delay, timeout=job.timeout)
+        self.attempt = job.attempts
+        self.log: EventLog = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
+        self.stop = StopRequested()
+        self._progress_sent = 0.0
+        self._progress_pending: dict[str, Any] | None = None
+
+    # -- the job -------------------------------------------------------------------
+    def run(self) -> int:
+        procs.become_subreaper()
+        with stop_signals(self.stop):
+            while True:
+                started = time.time()
+                self.log.emit("job_started", attempt=self.attempt)
+                outcome = self._run_attempt()
+                code = self._record(outcome, started)
+                if code is not None:
+                    return code
+
+    def _record(self, outcome: Outcome, started: float) -> int | None:
+        """Write the attempt's outcome; an exit code when the job is done, None to go again."""
+        store, job_id, attempt = self.ctx.store, self.job.id, self.attempt
+        now = time.time()
+        if outcome.kind == "stopped":
+            return self._stopped(started)
+        if outcome.kind == "completed":
+            if not store.finish(job_id, attempt, status=COMPLETED, now=now, result=outcome.result,
+                                error=outcome.note, started_at=started):
+                return self._lost_race()
+            self.log.emit("job_completed", attempt=attempt,
+                          duration_ms=round((now - started) * 1000, 3),
+                          **({"warning": outcome.note} if outcome.note else {}))
+            self._enqueue_followups()
+            return EXIT_COMPLETED
+        delay = next_retry(self.policy, attempt, outcome.names)
+        error = outcome.error or "failed"
+        if delay is None:
+            if not store.finish(job_id, attempt, status=FAILED, now=now, error=error,
+                                traceback=outcome.traceback, outcome=outcome.kind,
+                                started_at=started):
+                return self._lost_race()
+            self.log.emit("job_failed", level="error", attempt=attempt, error=error,
+                          traceback=outcome.traceback, outcome=outcome.kind)
+            return EXIT_FAILED
+        if not store.retry_later(job_id, attempt, outcome=outcome.kind, error=error,
+                                 traceback=outcome.traceback, run_at=now + delay, release=False,
+                                 now=now, started_at=started):
+            return self._lost_race()
+        self.log.emit("job_retrying", level="warning", attempt=attempt, error=error,
+                      retry_in_s=round(delay, 3), outcome=outcome.kind)
+        if self._sleep(delay):
+            return self._stopped(None)
+        if not store.begin_attempt(job_id, attempt, now=time.time()):
+            return self._lost_race()
+        self.attempt += 1
+        return None
+
+    def _stopped(self, started: float | None) -> int:
+        """A stop signal arrived: cancelled (exit 4), or interrupted and handed back for a retry."""
+        job = self.ctx.store.get(self.job.id)
+        if job is not None and job.status == CANCELLED:
+            return EXIT_CANCELLED
+        signame = signal.Signals(self.stop.signum or signal.SIGTERM).name
+        if self.foreground and self.stop.signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # A person stopping a foreground job means cancel it.
+            if self.ctx.store.cancel(self.job.id, now=time.time()) is not None:
+                self.log.emit("job_cancelled", attempt=self.attempt, reason=f"{signame} received")
+            return EXIT_CANCELLED
+        error = f"interrupted by {signame}"
+        now = time.time()
+        delay = next_retry(self.policy, self.attempt, INTERRUPT_NAMES)
+        if delay is None:
+            self.ctx.store.finish(self.job.id, self.attempt, status=FAILED, now=now, error=error,
+                                  outcome="interrupted", started_at=started)
+            self.log.emit("job_failed", level="error", attempt=self.attempt, error=error,
+                          traceback=None, outcome="interrupted")
+            return EXIT_FAILED
+        self.ctx.store.retry_later(self.job.id, self.attempt, outcome="interrupted", error=error,
+                                   traceback=None, run_at=now + delay, release=True, now=now,
+                                   started_at=started)
+        self.log.emit("job_retrying", level="warning", attempt=self.attempt, error=error,
+                      retry_in_s=round(delay, 3), outcome="interrupted")
+        return EXIT_FAILED
+
+    def _lost_race(self) -> int:
+        """A fenced write did not match: the job was cancelled, or given to a newer attempt."""
+        job = self.ctx.store.get(self.job.id)
+        if job is not None and job.status == CANCELLED:
+            return EXIT_CANCELLED
+        self.log.emit("job_superseded", level="warning", attempt=self.attempt,
+                      status=None if job is None else job.status)
+        return EXIT_FAILED
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait between attempts; True if a stop signal arrived meanwhile."""
+        deadline = time.monotonic() + seconds
+        while self.stop.signum is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([self.stop.read_fd], [], [], left)
+            self.stop.drain()
+        return True
+
+    def _enqueue_followups(self) -> None:
+        if not self.job.then:
+            return
+        from bgrunner.jobs import submit_followups
+
+        submit_followups(self.ctx, self.job)
+
+    # -- one attempt -----------------------------------------------------------------
+    def _run_attempt(self) -> Outcome:
+        from bgrunner import attempt as attempt_process
+
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the attempt's process
+            os.close(read_fd)
+            os.close(self.stop.read_fd)
+            os.close(self.stop.write_fd)
+            attempt_process.run(write_fd, self.cls, self.job.method, self.args, self.kwargs,
+                                self.ctx.config.runner.result_max_bytes)
+        os.close(write_fd)
+        try:
+            return self._watch(pid, read_fd)
+        finally:
+            os.close(read_fd)
+            self._flush_progress(force=True)
+            self._reap_orphans()
+
+    def _watch(self, pid: int, read_fd: int) -> Outcome:
+        timeout = self.policy.timeout
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        exit_fd = _pidfd(pid)
+        buffer = b""
+        final: dict[str, Any] | None = None
+        status: int | None = None
+        watched = [read_fd, self.stop.read_fd] + ([exit_fd] if exit_fd is not None else [])
+        try:
+            while status is None:
+                wait = 0.2 if exit_fd is None else None
+                if deadline is not None:
+                    left = max(0.0, deadline - time.monotonic())
+                    wait = left if wait is None else min(wait, left)
+                ready, _, _ = select.select(watched, [], [], wait)
+                if read_fd in ready:
+                    chunk = os.read(read_fd, 65536)
+                    if chunk:
+                        buffer += chunk
+                        buffer, final = self._messages(buffer, final)
+                    else:
+                        watched.remove(read_fd)
+                if self.stop.signum is not None:
+                    self._kill_attempt(pid)
+                    return Outcome("stopped")
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._kill_attempt(pid)
+                    return Outcome("timeout", error=f"timed out after {_secs(timeout)} s "
+                                   f"(attempt {self.attempt}); its process tree was killed",
+                                   names=TIMEOUT_NAMES)
+                got, wstatus = os.waitpid(pid, os.WNOHANG)
+                if got == pid:
+                    status = wstatus
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
+        buffer, final = self._drain(read_fd, buffer, final)
+        return _outcome_from(final, status)
+
+    def _drain(self, read_fd: int, buffer: bytes,
+               final: dict[str, Any] | None) -> tuple[bytes, dict[str, Any] | None]:
+        os.set_blocking(read_fd, False)
+        try:
+            while chunk := os.read(read_fd, 65536):
+                buffer, final = self._messages(buffer + chunk, final)
+        except (BlockingIOError, OSError):
+            pass
+        return buffer, final
+
+    def _messages(self, buffer: bytes,
+                  final: dict[str, Any] | None) -> tuple[bytes, dict[str, Any] | None]:
+        *lines, rest = buffer.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("type") == "progress":
+                self._progress_pending = {k: message.get(k) for k in ("done", "total", "message")}
+                self._flush_progress(force=False)
+            elif message.get("type") in ("result", "error"):
+                final = message
+        return rest, final
+
+    def _flush_progress(self, *, force: bool) -> None:
+        if self._progress_pending is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._progress_sent < PROGRESS_INTERVAL:
+            return
+        self.ctx.store.set_progress(self.job.id, self.attempt, self._progress_pending)
+        self._progress_pending = None
+        self._progress_sent = now
+
+    def _kill_attempt(self, pid: int) -> None:
+        """Kill the attempt and every descendant (orphans re-parent here: we are a subreaper)."""
+        grace = self.ctx.config.runner.cancel_grace
+        procs.kill_tree(pid, None, grace=grace)
+        procs.kill_tree(os.getpid(), None, grace=min(grace, 1.0), include_root=False)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    @staticmethod
+    def _reap_orphans() -> None:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when the child exits (Linux ≥ 5.3), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _secs(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _outcome_from(final: dict[str, Any] | None, status: int | None) -> Outcome:
+    if final is not None and final.get("type") == "result":
+        return Outcome("completed", result=final.get("result"), note=final.get("note"))
+    if final is not None:
+        return Outcome("error", error=final.get("error"), traceback=final.get("traceback"),
+                       names=list(final.get("names") or []))
+    how = procs.describe_wait_status(status) if status is not None else "vanished"
+    return Outcome("crashed", error=f"the job's process died without reporting: {how}",
+                   names=CRASH_NAMES)

@@ -1,0 +1,190 @@
+"""``bgrunner worker``: start ready jobs in order, keep status truthful, shut down gracefully.
+
+One worker per store per host (a lock file makes it a singleton). It claims
+ready jobs (priority DESC, run_at ASC, id ASC) while it has free slots and the
+global cap allows, launches each as a detached job process, reaps them, and
+sleeps until the next ``run_at``, a submit's wake-up datagram, or a child's
+exit, never busy-polling. SIGTERM once: stop claiming, let running jobs finish
+(up to ``shutdown_grace``), exit. SIGTERM twice: cancel the running jobs, exit.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bgrunner import jobs, procs
+from bgrunner.context import Context, host_id
+from bgrunner.runner import StopRequested, stop_signals
+from bgrunner.wakeup import Listener, lock_path
+
+#: How often the worker checks every active job against the OS, at most (seconds).
+RECONCILE_INTERVAL = 2.0
+#: A warm shutdown waits this long for running jobs before leaving them to finish alone.
+SHUTDOWN_GRACE = 30.0
+
+
+@dataclass
+class Child:
+    proc: Any
+    job_id: int
+    attempt: int
+    pidfd: int | None
+
+
+class Worker:
+    def __init__(self, ctx: Context, *, concurrency: int, burst: bool = False,
+                 idle_exit: float | None = None) -> None:
+        self.ctx = ctx
+        self.concurrency = max(1, concurrency)
+        self.burst = burst
+        self.idle_exit = idle_exit
+        self.children: dict[int, Child] = {}
+        self.stop = StopRequested()
+        self.selector = selectors.DefaultSelector()
+        self.host = host_id()
+        self.log = ctx.log.bind(worker_pid=os.getpid(), host=self.host)
+        self._last_reconcile = 0.0
+        self._idle_since = time.monotonic()
+        self._stop_count = 0
+
+    # -- main loop -------------------------------------------------------------
+    def run(self) -> int:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(lock_path(self.ctx.database_url), mode=0o600)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print("bgrunner worker: another worker already runs for this store on this host",
+                  file=sys.stderr)
+            return 0 if self.idle_exit is not None else 1
+        listener = Listener(self.ctx.database_url)
+        try:
+            self.selector.register(listener, selectors.EVENT_READ, "wake")
+            self.selector.register(self.stop.read_fd, selectors.EVENT_READ, "signal")
+            with stop_signals(self.stop):
+                self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst)
+                jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
+                code = self._loop(listener)
+                self.log.emit("worker_stopped", running=len(self.children))
+                return code
+        finally:
+            listener.close()
+            lock.release()
+
+    def _loop(self, listener: Listener) -> int:
+        while True:
+            if self.stop.signum is not None:
+                return self._shutdown()
+            self._maybe_reconcile()
+            if self._fill_slots() == 0 and self._done():
+                return 0
+            timeout = self._sleep_time()
+            for key, _ in self.selector.select(timeout):
+                if key.data == "wake":
+                    listener.drain()
+                elif key.data == "signal":
+                    self.stop.drain()
+            self._reap()
+
+    def _done(self) -> bool:
+        """Burst: nothing running and nothing ready. Auto-started: idle for ``idle_exit``."""
+        if self.children:
+            self._idle_since = time.monotonic()
+            return False
+        if self.burst:
+            nxt = self.ctx.store.next_run_at()
+            return nxt is None or nxt > time.time()
+        if self.idle_exit is not None:
+            if self.ctx.store.next_run_at() is not None or self.ctx.store.active():
+                self._idle_since = time.monotonic()
+                return False
+            return time.monotonic() - self._idle_since >= self.idle_exit
+        return False
+
+    def _sleep_time(self) -> float:
+        wait = RECONCILE_INTERVAL
+        if len(self.children) < self.concurrency:
+            nxt = self.ctx.store.next_run_at()
+            if nxt is not None:
+                wait = min(wait, max(0.0, nxt - time.time()))
+        if self.idle_exit is not None:
+            wait = min(wait, max(0.05, self.idle_exit))
+        return wait
+
+    # -- claiming and launching ------------------------------------------------------
+    def _fill_slots(self) -> int:
+        launched = 0
+        cap = self.ctx.config.runner.cap
+        while len(self.children) < self.concurrency:
+            job = self.ctx.store.claim_next(now=time.time(), cap=cap, host=self.host)
+            if job is None:
+                break
+            try:
+                proc = jobs.launch(self.ctx, job, watch=False)
+            except Exception as exc:
+                self.log.emit("worker_launch_failed", level="error", job_id=str(job.id),
+                              error=str(exc))
+                continue
+            pidfd = _pidfd(proc.pid)
+            if pidfd is not None:
+                self.selector.register(pidfd, selectors.EVENT_READ, ("child", proc.pid))
+            self.children[proc.pid] = Child(proc, job.id, job.attempts, pidfd)
+            launched += 1
+        return launched
+
+    def _reap(self) -> None:
+        for pid, child in list(self.children.items()):
+            if child.proc.poll() is None:
+                continue
+            del self.children[pid]
+            if child.pidfd is not None:
+                self.selector.unregister(child.pidfd)
+                os.close(child.pidfd)
+            job = self.ctx.store.get(child.job_id)
+            if job is not None and job.owned and job.attempts == child.attempt and job.pid == pid:
+                jobs.record_death(self.ctx, job, procs.describe_exit(child.proc.returncode))
+
+    def _maybe_reconcile(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reconcile >= RECONCILE_INTERVAL:
+            self._last_reconcile = now
+            jobs.reconcile(self.ctx)
+
+    # -- shutdown ---------------------------------------------------------------------
+    def _shutdown(self) -> int:
+        """First SIGTERM: no more claims, wait for running jobs. Second: cancel them."""
+        self.log.emit("worker_stopping", running=len(self.children))
+        self.stop.signum = None
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self.children and time.monotonic() < deadline:
+            self.selector.select(min(0.5, max(0.0, deadline - time.monotonic())))
+            self.stop.drain()
+            self._reap()
+            if self.stop.signum is not None:
+                for child in list(self.children.values()):
+                    jobs.cancel(self.ctx, child.job_id, reason="worker stopped (second SIGTERM)",
+                                wait=False)
+                deadline = time.monotonic() + self.ctx.config.runner.cancel_grace + 2
+                self.stop.signum = None
+        return 0
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def default_concurrency(ctx: Context) -> int:
+    return ctx.config.runner.cap
+
+
+__all__ = ["Worker", "default_concurrency", "signal"]
