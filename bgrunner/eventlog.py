@@ -19,7 +19,7 @@ How lines stay whole and none is lost with many processes at once:
   size is checked again under the lock, so two processes never rotate the same
   file twice. A writer still holding the renamed file notices on its next line
   (the path no longer names its inode) and reopens. A line written to the old
-  inode meanwhile lands in ``<file>.1``: late, never lost.
+  inode meanwhile lands in ``<file>.1`` (or a later number): late, never lost.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class _Sink:
         self.backups = backups
         self.main = _LogFile(os.path.join(log_dir, MAIN_LOG))
         self.errors = _LogFile(os.path.join(log_dir, ERROR_LOG))
-        self.lock = _thread.allocate_lock()
+        self.lock = _thread.RLock()
         self.depth = 0  # > 1: a signal handler emitted in the middle of a line
         self.owner_pid = os.getpid()
         self.disabled = False
@@ -156,7 +156,7 @@ class _Sink:
         if os.getpid() != self.owner_pid:
             # Forked while another thread may have held the lock: start afresh.
             # The inherited descriptors are still good (O_APPEND is per file).
-            self.lock = _thread.allocate_lock()
+            self.lock = _thread.RLock()
             self.depth = 0
             self.owner_pid = os.getpid()
         # Reentrant, so that a signal handler that logs while this thread is
@@ -312,7 +312,11 @@ class EventLog:
     Rotation: before a line would take a file past ``max_bytes`` (0 = never),
     the file becomes ``.1``, ``.1`` becomes ``.2`` ... and files beyond
     ``backups`` are dropped. A single line bigger than ``max_bytes`` is written
-    whole into its own file.
+    whole into its own file. With many writers a file may end a few lines past
+    ``max_bytes`` (lines that raced the check, or reached it after the rename).
+
+    Thread-safe within a process; a signal handler may emit too, even while its
+    own thread is in the middle of a line.
     """
 
     __slots__ = ("_bound", "_sink")

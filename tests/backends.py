@@ -62,11 +62,28 @@ def postgres_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _execute(sql: str) -> None:
+def in_ci() -> bool:
+    """True under CI (``CI`` set and not false), where PostgreSQL must be running."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_postgres() -> None:
+    """Skip the calling test when PostgreSQL is unreachable; under CI, fail it instead."""
+    import pytest
+
+    available, reason = postgres_available()
+    if not available:
+        if in_ci():
+            pytest.fail(f"{reason} (CI is set: PostgreSQL must be running)", pytrace=False)
+        pytest.skip(reason)
+
+
+def execute_sql(sql: str, args: tuple[Any, ...] = ()) -> None:
+    """Run one statement on the test server as its superuser (test setup and cleanup)."""
     import psycopg
 
     with psycopg.connect(_server_url(), connect_timeout=3, autocommit=True) as conn:
-        conn.execute(sql)
+        conn.execute(sql, args or None)
 
 
 def _schema_name(label: str) -> str:
@@ -74,15 +91,17 @@ def _schema_name(label: str) -> str:
     return f"t_{slug}_{uuid.uuid4().hex[:10]}"
 
 
-def fresh_postgres_url(request_or_name: Any) -> str:
+def fresh_postgres_url(request_or_name: Any, *, create: bool = True) -> str:
     """Create a new, empty schema and return the store URL pointing at it (``?schema=…``).
 
     Given a pytest ``request``, the schema is named after the test and dropped
     when the test ends; given a name, call ``drop_postgres_schema(url)`` yourself.
+    ``create=False`` only picks the unique name, leaving the store to create it.
     """
     label = getattr(getattr(request_or_name, "node", None), "name", None) or str(request_or_name)
     schema = _schema_name(label)
-    _execute(f'CREATE SCHEMA "{schema}"')
+    if create:
+        execute_sql(f'CREATE SCHEMA "{schema}"')
     url = postgres_url(schema=schema)
     if hasattr(request_or_name, "addfinalizer"):
         request_or_name.addfinalizer(lambda: drop_postgres_schema(url))
@@ -94,7 +113,7 @@ def drop_postgres_schema(url: str) -> None:
     schema = dict(parse_qsl(urlsplit(url).query)).get("schema")
     if not schema or not re.fullmatch(r"t_[a-z0-9_]+", schema):
         raise ValueError(f"refusing to drop a schema not made by fresh_postgres_url: {url}")
-    _execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    execute_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def sqlite_url(path: os.PathLike[str] | str) -> str:

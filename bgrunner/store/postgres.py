@@ -412,21 +412,27 @@ class PostgresStore(Store):
     # -- claiming ------------------------------------------------------------------
     def _claim_where(self, pick_where: str, pick_args: tuple[Any, ...],
                      now: float, cap: int, host: str) -> JobRecord | None:
-        # The lock is its own statement: in READ COMMITTED the UPDATE's snapshot is taken
-        # after it is granted, so the count sees every claim committed before this one.
-        # The cap test sits inside the pick: at the cap no ready row is even locked.
-        with self._tx() as conn:
-            pass
-            row = conn.execute(
-                f"UPDATE {self.jobs} SET status = 'running', attempts = attempts + 1,"
+        # Two statements sent as one simple query, which PostgreSQL runs as one implicit
+        # transaction: the advisory lock is held until its commit, and being its own
+        # statement, the UPDATE's READ COMMITTED snapshot is taken after the lock is
+        # granted, so the count sees every claim committed before this one. One round
+        # trip also keeps the serialising lock held as briefly as possible. The cap test
+        # sits inside the pick: at the cap no ready row is even locked.
+        with self._db() as conn:
+            cur = psycopg.ClientCursor(conn)  # client-side binding: multi-statement allowed
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(%s);"
+                f" UPDATE {self.jobs} SET status = 'running', attempts = attempts + 1,"
                 " claimed_at = %s, started_at = COALESCE(started_at, %s), host = %s,"
                 " pid = NULL, pid_ctime = NULL"
                 f" WHERE id = (SELECT id FROM {self.jobs} WHERE {pick_where}"
                 f" AND (SELECT count(*) FROM {self.jobs} WHERE {ACTIVE_WHERE}) < %s"
-                " ORDER BY priority DESC, run_at, id LIMIT 1)"
+                " ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 f" RETURNING {COLUMNS}",
-                (now, now, host, *pick_args, cap),
-            ).fetchone()
+                (self._claim_key, now, now, host, *pick_args, cap),
+            )
+            cur.nextset()
+            row = cur.fetchone()
         return None if row is None else row_to_record(row)
 
     def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:

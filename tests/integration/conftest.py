@@ -14,18 +14,14 @@ from pathlib import Path
 import pytest
 
 try:
-    from tests.backends import fresh_postgres_url, postgres_available, sqlite_url
+    from tests.backends import fresh_postgres_url, require_postgres, sqlite_url
 except ImportError:  # run by the `pytest` script: the repository root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.backends import fresh_postgres_url, postgres_available, sqlite_url
+    from tests.backends import fresh_postgres_url, require_postgres, sqlite_url
 
 from bgrunner.store import Store, open_store
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(autouse=True)
@@ -39,11 +35,7 @@ def _no_bgrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if backend == "sqlite":
         return sqlite_url(tmp_path / "jobs.db")
-    available, reason = postgres_available()
-    if not available:
-        if in_ci():
-            pytest.fail(f"{reason} (CI is set: PostgreSQL must be running)", pytrace=False)
-        pytest.skip(reason)
+    require_postgres()
     return fresh_postgres_url(request)
 
 
@@ -51,6 +43,13 @@ def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL of its own for one test: a fresh SQLite file or a fresh PostgreSQL schema."""
     return _url(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """A fresh PostgreSQL schema's store URL, for the few PostgreSQL-only tests."""
+    require_postgres()
+    return fresh_postgres_url(request)
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from bgrunner.errors import StoreError
 from bgrunner.store import Store
 from bgrunner.store.base import STATUSES, NewJob
+from tests.backends import execute_sql, fresh_postgres_url, require_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "test-host"
@@ -478,6 +480,58 @@ def test_active_lists_running_and_kept_retrying_jobs(store: Store) -> None:
     assert pending not in {r.id for r in store.active()}
 
 
+def test_finished_since_lists_recent_endings(store: Store) -> None:
+    """finished_since gives (finished_at, run time, status) of jobs ended at or after a time."""
+    done = store.create(job(run_at=1.0))
+    failed = store.create(job(run_at=1.0))
+    never_started = store.create(job(run_at=1.0))
+    store.claim(done, now=1000.0, cap=100, host=HOST)
+    store.claim(failed, now=1000.0, cap=100, host=HOST)
+    store.finish(done, 1, status="completed", now=1010.0)
+    store.cancel(never_started, now=1020.0)
+    store.finish(failed, 1, status="failed", now=1030.0, error="E")
+    assert store.finished_since(1005.0) == [
+        (1010.0, 10.0, "completed"), (1020.0, None, "cancelled"), (1030.0, 30.0, "failed")]
+    assert [row[0] for row in store.finished_since(1020.0)] == [1020.0, 1030.0]
+    assert store.finished_since(1031.0) == []
+
+
+def test_audit_is_newest_first_with_keyset(store: Store) -> None:
+    """add_audit returns increasing ids; audit() lists entries newest first, by before_id."""
+    ids = [store.add_audit(actor="admin", action="cancel", job_id=i, detail=f"job {i} ✓",
+                           address="127.0.0.1", now=1000.0 + i) for i in (1, 2, 3)]
+    anonymous = store.add_audit(actor="token", action="login", job_id=None, detail=None,
+                                address=None, now=2000.0)
+    assert ids == sorted(ids) and anonymous > ids[-1]
+    entries = store.audit()
+    assert [e.id for e in entries] == [anonymous, *reversed(ids)]
+    assert (entries[0].actor, entries[0].action, entries[0].job_id, entries[0].detail,
+            entries[0].address, entries[0].at) == ("token", "login", None, None, None, 2000.0)
+    assert (entries[1].job_id, entries[1].detail, entries[1].address) == (3, "job 3 ✓", "127.0.0.1")
+    assert [e.id for e in store.audit(limit=2)] == [anonymous, ids[2]]
+    assert [e.id for e in store.audit(before_id=ids[2])] == [ids[1], ids[0]]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_opens_its_own_connection(store: Store) -> None:
+    """A store used before fork() works in the child, and the parent's connection survives."""
+    first = store.create(job(["parent"]))
+    pid = os.fork()
+    if pid == 0:  # the child: any failure becomes a non-zero exit status
+        code = 1
+        try:
+            child = store.create(job(["child"]))
+            ok = store.get(first) is not None and store.get(child) is not None
+            store.close()
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [r.params for r in store.list()] == [["child"], ["parent"]]
+    assert store.claim_next(now=time.time(), cap=100, host=HOST) is not None
+
+
 # -- concurrency with real processes ------------------------------------------------------
 CLAIMER = """
 import json, sys, time
@@ -498,15 +552,14 @@ print(json.dumps(claimed), flush=True)
 """
 
 
-def run_claimers(url: str, processes: int, *, cap: int, tries: int) -> list[list[int]]:
-    """Start claimer processes, release them at once, and return the ids each one claimed."""
+def run_together(script: str, argvs: list[list[str]]) -> list[Any]:
+    """Start one process per argv, release them at once, and return each one's JSON output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", CLAIMER, url, str(cap), str(tries), f"c{i}"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         cwd=REPO, env=env)
-        for i in range(processes)
+        subprocess.Popen([sys.executable, "-c", script, *argv], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        for argv in argvs
     ]
     try:
         for proc in procs:
@@ -529,6 +582,11 @@ def run_claimers(url: str, processes: int, *, cap: int, tries: int) -> list[list
                 proc.wait()
 
 
+def run_claimers(url: str, processes: int, *, cap: int, tries: int) -> list[list[int]]:
+    """Claimer processes racing on one store; the ids each one claimed."""
+    return run_together(CLAIMER, [[url, str(cap), str(tries), f"c{i}"] for i in range(processes)])
+
+
 def test_concurrent_claimers_take_each_job_exactly_once(store: Store, database_url: str) -> None:
     """Four processes claiming from 200 ready jobs claim every job, none twice."""
     ids = {store.create(job([i], priority=i % 3)) for i in range(200)}
@@ -547,3 +605,101 @@ def test_cap_holds_with_concurrent_claimers(store: Store, database_url: str) -> 
     assert sum(len(claims) for claims in results) == 3
     assert len(store.active()) == 3
     assert store.counts()["running"] == 3
+
+
+# -- PostgreSQL only: schema handling, errors, LISTEN/NOTIFY ---------------------------------
+OPENER = """
+import json, sys
+from bgrunner.store import open_store
+from bgrunner.store.base import NewJob
+print("ready", flush=True)
+sys.stdin.readline()
+store = open_store(sys.argv[1])
+print(json.dumps(store.create(NewJob("m:C", "run", [sys.argv[2]]))), flush=True)
+"""
+
+
+def test_pg_url_schema_parameter_is_bgrunners_own() -> None:
+    """?schema= picks the schema (default bgrunner) and is not passed on to libpq."""
+    pytest.importorskip("psycopg")
+    from bgrunner.store.postgres import PostgresStore
+
+    store = PostgresStore("postgresql://u:pw@db.example:6543/app?sslmode=disable&schema=jobs_2")
+    assert store.schema == "jobs_2"
+    assert store.conninfo == "postgresql://u:pw@db.example:6543/app?sslmode=disable"
+    assert PostgresStore("postgres://u@h/app").schema == "bgrunner"
+    with pytest.raises(StoreError, match="schema"):
+        PostgresStore("postgresql://u@h/app?schema=bad-name;drop")
+
+
+def test_pg_unreachable_server_is_a_one_line_store_error() -> None:
+    """An unreachable server gives a one-line StoreError naming host and database, no password."""
+    pytest.importorskip("psycopg")
+    from bgrunner.store import open_store
+
+    store = open_store("postgresql://postgres:s3cret@127.0.0.1:1/nodb?schema=x")
+    with pytest.raises(StoreError) as caught:
+        store.counts()
+    message = str(caught.value)
+    assert "127.0.0.1:1/nodb" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_pg_newer_schema_version_is_refused(pg_url: str) -> None:
+    """A schema written by a newer bgrunner is refused with a StoreError saying so."""
+    from bgrunner.store import open_store
+
+    first = open_store(pg_url)
+    first.counts()
+    first.close()
+    schema = pg_url.rsplit("schema=", 1)[1]
+    execute_sql(f'UPDATE "{schema}".bgrunner_meta SET value = %s WHERE key = %s',
+                ("99", "schema_version"))
+    with pytest.raises(StoreError, match="newer"):
+        open_store(pg_url).counts()
+
+
+def test_pg_racing_first_users_create_the_schema_once(request: pytest.FixtureRequest) -> None:
+    """Six processes opening a store whose schema does not exist yet all succeed."""
+    require_postgres()
+    url = fresh_postgres_url(request, create=False)
+    ids = run_together(OPENER, [[url, str(i)] for i in range(6)])
+    assert sorted(ids) == list(range(1, 7))
+
+
+def test_pg_create_and_cancel_notify_listeners(pg_url: str) -> None:
+    """create() wakes bgrunner_jobs listeners and cancel() bgrunner_cancel ones, with the job id."""
+    from bgrunner.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    with store.listen("bgrunner_jobs") as jobs, store.listen("bgrunner_cancel") as cancels:
+        started = time.monotonic()
+        assert jobs.wait(0.2) == []
+        assert 0.15 < time.monotonic() - started < 2
+        job_id = store.create(job())
+        assert jobs.wait(5) == [str(job_id)]
+        assert store.cancel(job_id, now=time.time()) is not None
+        assert cancels.wait(5) == [str(job_id)]
+        assert jobs.wait(0.1) == []  # a pending job's cancel frees no slot
+        store.notify("bgrunner_jobs", "hello")
+        store.notify("bgrunner_jobs", "again")
+        time.sleep(0.1)
+        assert jobs.wait(5) == ["hello", "again"]
+    with store.listen("bgrunner_jobs", "bgrunner_cancel") as both:
+        other = store.create(job())
+        store.cancel(other, now=time.time())
+        time.sleep(0.1)
+        assert both.events(5) == [("bgrunner_jobs", str(other)), ("bgrunner_cancel", str(other))]
+    store.close()
+
+
+def test_pg_notifications_stay_in_their_schema(pg_url: str, request: pytest.FixtureRequest) -> None:
+    """A listener of one schema does not hear the jobs of another schema in the same database."""
+    from bgrunner.store.postgres import PostgresStore
+
+    mine, theirs = PostgresStore(pg_url), PostgresStore(fresh_postgres_url(request))
+    with mine.listen("bgrunner_jobs", "bgrunner_cancel") as listener:
+        theirs.cancel(theirs.create(job()), now=time.time())
+        assert listener.wait(0.3) == []
+    mine.close()
+    theirs.close()

@@ -1,0 +1,172 @@
+"""The JSON API's OpenAPI 3.0 schema, written by hand (served at ``/api/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bgrunner.dashboard.forms import MAX_DELAY, MAX_PRIORITY
+from bgrunner.store.base import STATUSES
+
+MAX_LIMIT = 500
+#: Ids above this are no job (the store's integer column is 64-bit).
+MAX_ID = 2**63 - 1
+
+_nullable_str = {"type": "string", "nullable": True}
+_nullable_time = {"type": "string", "format": "date-time", "nullable": True}
+
+JOB = {
+    "type": "object",
+    "description": "A job record, as `bgrunner status --json` prints it.",
+    "required": ["id", "target", "method", "params", "status", "priority", "attempts",
+                 "max_attempts", "run_at", "created_at"],
+    "properties": {
+        "id": {"type": "string", "example": "42"},
+        "target": {"type": "string", "example": "examples.jobs:SampleJob"},
+        "method": {"type": "string", "example": "process"},
+        "params": {"oneOf": [{"type": "array", "items": {}}, {"type": "object"}]},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "priority": {"type": "integer"},
+        "attempts": {"type": "integer"},
+        "max_attempts": {"type": "integer"},
+        "retry_delay": {"type": "number"},
+        "timeout": {"type": "number"},
+        "run_at": {"type": "string", "format": "date-time"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": _nullable_time,
+        "finished_at": _nullable_time,
+        "pid": {"type": "integer", "nullable": True},
+        "host": _nullable_str,
+        "error": _nullable_str,
+        "traceback": _nullable_str,
+        "result": {"nullable": True},
+        "progress": {"type": "object", "nullable": True},
+        "then": {"type": "array", "items": {"type": "object"}},
+        "parent_id": _nullable_str,
+        "retry_of": _nullable_str,
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.",
+           "schema": {"type": "string", "example": "1"}}
+_AUTH = {"401": _error("No or wrong bearer token.")}
+_ACT = {**_AUTH, "403": _error("The read-only token cannot act.")}
+
+
+def schema() -> dict[str, Any]:
+    """The whole document; cheap enough to build per request."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "bgrunner dashboard API", "version": "1",
+                 "description": "Jobs of a bgrunner store. Send `Authorization: Bearer <token>`."},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/jobs": {
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Jobs, newest first, keyset-paginated by before_id.",
+                    "parameters": [
+                        {"name": "status", "in": "query",
+                         "schema": {"type": "string", "enum": list(STATUSES)}},
+                        {"name": "target", "in": "query", "schema": {"type": "string"}},
+                        {"name": "search", "in": "query",
+                         "description": "Text searched in params and errors.",
+                         "schema": {"type": "string"}},
+                        {"name": "before_id", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                    "default": 50}},
+                    ],
+                    "responses": {
+                        "200": _ok("A page of jobs.", {"$ref": "#/components/schemas/JobList"}),
+                        "400": _error("A filter is invalid."), **_AUTH,
+                    },
+                },
+                "post": {
+                    "operationId": "dispatchJob",
+                    "summary": "Submit a job, validated exactly as run_background_job.",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Dispatch"}}}},
+                    "responses": {
+                        "201": _ok("Recorded.", {"$ref": "#/components/schemas/Created"}),
+                        "400": _error("Invalid body or params."),
+                        **_ACT,
+                    },
+                },
+            },
+            "/api/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob", "summary": "One job (its status checked against the OS).",
+                    "parameters": [_JOB_ID],
+                    "responses": {"200": _ok("The job.", {"$ref": "#/components/schemas/Job"}),
+                                  "404": _error("No such job."), **_AUTH},
+                },
+            },
+            "/api/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a pending, retrying or running job.",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "200": _ok("Whether this call cancelled it.", {
+                            "type": "object", "required": ["cancelled"],
+                            "properties": {"cancelled": {"type": "boolean"}}}),
+                        "404": _error("No such job."), **_ACT,
+                    },
+                },
+            },
+            "/api/jobs/{job_id}/retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "summary": "A new job like a failed or cancelled one, linked by retry_of.",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "201": _ok("The new job.", {"$ref": "#/components/schemas/Created"}),
+                        "400": _error("The job is not failed or cancelled."),
+                        "404": _error("No such job."), **_ACT,
+                    },
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Job": JOB,
+                "JobList": {
+                    "type": "object", "required": ["jobs", "next_before_id"],
+                    "properties": {
+                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                        "next_before_id": {"type": "string", "nullable": True,
+                                           "description": "Pass as before_id for the next page."},
+                    },
+                },
+                "Dispatch": {
+                    "type": "object", "required": ["target"],
+                    "properties": {
+                        "target": {"type": "string", "example": "examples.jobs:SampleJob"},
+                        "method": {"type": "string", "default": "handle", "example": "process"},
+                        "params": {"oneOf": [{"type": "array", "items": {}}, {"type": "object"}],
+                                   "example": {"name": "world"}},
+                        "priority": {"type": "integer", "default": 0,
+                                     "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY},
+                        "delay": {"type": "number", "default": 0, "minimum": 0,
+                                  "maximum": MAX_DELAY},
+                    },
+                },
+                "Created": {"type": "object", "required": ["id"],
+                            "properties": {"id": {"type": "string"}}},
+                "Error": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}}},
+            },
+        },
+    }

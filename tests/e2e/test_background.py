@@ -1,0 +1,417 @@
+"""Fire-and-forget: run_background_job(), detached processes, the worker, cancellation, recovery.
+
+Real processes, real signals, a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, Project, wait_until
+
+
+def submit(project: Project, *args: str) -> int:
+    r = project.cli("submit", *args)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def status(project: Project, job_id: int) -> dict:
+    r = project.cli("status", str(job_id), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def final(project: Project, job_id: int, timeout: float = 30) -> dict:
+    return wait_until(lambda: (s := status(project, job_id))["status"] in
+                      ("completed", "failed", "cancelled") and s, timeout=timeout,
+                      interval=0.1, message=f"job {job_id} to end")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_fire_and_forget_from_a_script_that_exits_at_once(project: Project, tmp_path: Path) -> None:
+    """A script submits a job and exits; the job runs anyway, in its own session, with the caller's env and cwd."""
+    sentinel = tmp_path / "ran"
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    project.extra_env["PROBE_VALUE"] = "inherited"
+    code = f"""
+        import os, sys, bgrunner
+        os.chdir({str(workdir)!r})
+        print(bgrunner.run_background_job("tests.fixtures:Probe", "record_pid", [{str(sentinel)!r}]))
+    """
+    started = time.monotonic()
+    r = project.python(code)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - started < 5
+    job_id = int(r.stdout.strip())
+    job = final(project, job_id)
+    assert job["status"] == "completed", job
+    pid, sid, cwd, value = sentinel.read_text().split()
+    assert int(sid) == job["pid"] != os.getsid(0), "the job's process leads a session of its own"
+    assert int(pid) != job["pid"], "each attempt runs in a process of its own"
+    assert cwd == str(workdir) and value == "inherited"
+
+
+def test_params_never_appear_on_the_command_line(project: Project, tmp_path: Path) -> None:
+    """The job process reads its params from the store: a secret param is not in its argv."""
+    sentinel = tmp_path / "started"
+    code = f"""
+        import bgrunner
+        print(bgrunner.run_background_job("tests.fixtures:Probe", "sleep", [5, {str(sentinel)!r}]))
+    """
+    job_id = int(project.python(code).stdout)
+    wait_until(sentinel.exists, message="job start")
+    pid = int(sentinel.read_text().split()[0])
+    record = status(project, job_id)
+    cmdlines = [" ".join(psutil.Process(p).cmdline()) for p in (pid, record["pid"])]
+    assert all(str(sentinel) not in c for c in cmdlines), cmdlines
+    assert any("--job-id" in c for c in cmdlines)
+    assert project.cli("cancel", str(job_id)).returncode == 0
+
+
+def test_bad_submissions_raise_and_record_nothing(project: Project) -> None:
+    """Not allowed, private, unserialisable or ill-fitting params raise a JobError subclass; nothing is stored."""
+    code = """
+        import bgrunner
+        cases = [
+            ("tests.fixtures:Nope", "mark", []),
+            ("tests.fixtures:Probe", "_x", []),
+            ("tests.fixtures:Probe", "mark", [object()]),
+            ("tests.fixtures:Probe", "mark", "not a list"),
+        ]
+        for target, method, params in cases:
+            try:
+                bgrunner.run_background_job(target, method, params)
+            except bgrunner.JobError as exc:
+                print(type(exc).__name__)
+        from tests.fixtures import Probe
+        try:
+            bgrunner.run_background_job(Probe, "typed", [1])
+        except bgrunner.JobError as exc:
+            print(type(exc).__name__)
+    """
+    r = project.python(code)
+    assert r.stdout.split() == ["NotAllowedError", "NotAllowedError", "ParamsError",
+                                "ParamsError", "ParamsError"], r.stderr
+    assert project.jobs() == []
+    r = project.cli("submit", "tests.fixtures:Probe", "typed", "x,1,yes")
+    assert r.returncode == 2 and "'n'" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert project.cli("submit", "os:system", "ls").returncode == 3
+    assert project.jobs() == []
+
+
+def test_delay_is_honoured(project: Project, tmp_path: Path) -> None:
+    """A delayed job starts no earlier than its run_at, and not much later (auto-started worker)."""
+    sentinel = tmp_path / "ran"
+    job_id = submit(project, "tests.fixtures:Probe", "mark", str(sentinel), "--delay", "1.5")
+    created = time.time()
+    assert status(project, job_id)["status"] == "pending"
+    wait_until(sentinel.exists, timeout=15, interval=0.01, message="delayed job")
+    started = time.time() - created
+    assert 1.4 <= started < 4.0, started
+    assert final(project, job_id)["status"] == "completed"
+
+
+def test_priority_order_with_one_slot(project: Project, tmp_path: Path) -> None:
+    """With --concurrency 1 the worker runs higher priority first, then earlier run_at, then older."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    sentinel = tmp_path / "order"
+    for name, prio in [("low", 0), ("high", 10), ("mid", 5), ("high2", 10), ("low2", 0)]:
+        submit(project, "tests.fixtures:Probe", "mark", f"{sentinel},{name}", "--priority", str(prio))
+    assert not sentinel.exists(), "autostart off: nothing runs until a worker does"
+    r = project.cli("worker", "--concurrency", "1", "--burst", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sentinel.read_text().split() == ["high", "high2", "mid", "low", "low2"]
+
+
+def test_cap_holds_with_200_quick_submits(project: Project, tmp_path: Path) -> None:
+    """200 submits in a loop never run more than max_concurrent jobs at once; all complete."""
+    project.write_config(project.config.read_text().replace(
+        "[runner]", "[runner]\nmax_concurrent = 3"))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = f"""
+        import bgrunner
+        ids = [bgrunner.run_background_job("tests.fixtures:Probe", "sleep",
+               [0.05, {str(marks)!r} + f"/{{i}}"]) for i in range(200)]
+        print(" ".join(ids))
+    """
+    r = project.python(code, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ids = r.stdout.split()
+    assert len(set(ids)) == 200
+    peak = 0
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        store = project.store()
+        counts = store.counts()
+        store.close()
+        peak = max(peak, counts["running"])
+        if counts["completed"] == 200:
+            break
+        time.sleep(0.01)
+    assert counts["completed"] == 200, counts
+    assert 1 <= peak <= 3
+
+
+def test_cancel_pending_job_never_runs(project: Project, tmp_path: Path) -> None:
+    """A pending job cancelled before its time never runs; cancel again is exit 1."""
+    sentinel = tmp_path / "ran"
+    job_id = submit(project, "tests.fixtures:Probe", "mark", str(sentinel), "--delay", "1")
+    r = project.cli("cancel", str(job_id))
+    assert r.returncode == 0, r.stderr
+    time.sleep(2.0)  # past its run_at: proving a negative needs the time to pass
+    assert not sentinel.exists()
+    assert status(project, job_id)["status"] == "cancelled"
+    assert project.cli("cancel", str(job_id)).returncode == 1
+    assert project.cli("cancel", "424242").returncode == 1
+
+
+@pytest.mark.parametrize("method", ["with_grandchild", "ignore_term"])
+def test_cancel_running_kills_the_tree(project: Project, tmp_path: Path, method: str) -> None:
+    """Cancelling a running job kills its tree (grandchild in its own session, SIGTERM ignored); status stays cancelled."""
+    sentinel = tmp_path / "pids"
+    job_id = submit(project, "tests.fixtures:Stubborn", method, str(sentinel))
+    wait_until(lambda: sentinel.exists() and sentinel.read_text().endswith("\n"),
+               message="job start")
+    pids = [int(p) for p in sentinel.read_text().split()]
+    supervisor = status(project, job_id)["pid"]
+    r = project.cli("cancel", str(job_id))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: all(gone(p) for p in [*pids, supervisor]), timeout=15,
+               message="the job's processes to die")
+    time.sleep(0.3)
+    record = status(project, job_id)
+    assert record["status"] == "cancelled"
+    events = [e["event"] for e in project.events() if e["job_id"] == str(job_id)]
+    assert events.count("job_cancelled") == 1
+
+
+def test_kill_9_of_a_job_is_noticed_and_retried(project: Project, tmp_path: Path) -> None:
+    """A job process killed with SIGKILL is recorded as a failed attempt with how it died, then retried."""
+    sentinel = tmp_path / "started"
+    job_id = submit(project, "tests.fixtures:Probe", "sleep", f"1,{sentinel}",
+                    "--max-attempts", "2", "--retry-delay", "0")
+    wait_until(sentinel.exists, message="job start")
+    pid = status(project, job_id)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    record = final(project, job_id)
+    assert record["status"] == "completed" and record["attempts"] == 2
+    store = project.store()
+    [first, second] = store.attempts(job_id)
+    assert first.outcome == "crashed" and "signal 9" in (first.error or "") or \
+        "is gone" in (first.error or ""), first
+
+
+def test_crash_inside_the_attempt_is_retried(project: Project, tmp_path: Path) -> None:
+    """An attempt whose own process is SIGKILLed (OOM-killer style) is retried by its supervisor."""
+    sentinel = tmp_path / "count"
+    r = project.run_job("tests.fixtures:Probe", "crash", str(sentinel), "--max-attempts", "2",
+                        "--retry-delay", "0")
+    assert r.returncode == 0, r.stderr
+    [job] = project.jobs()
+    store = project.store()
+    [first, _] = store.attempts(job.id)
+    assert "killed by signal 9 (SIGKILL)" in first.error
+
+
+def test_dead_job_is_noticed_without_any_worker(project: Project, tmp_path: Path) -> None:
+    """With no worker, `status` notices a job whose process is gone and never shows it running."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    job_id = submit(project, "tests.fixtures:Probe", "noop")
+    store = project.store()
+    job = store.claim(job_id, now=time.time(), cap=10, host=os.uname().nodename)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    from bgrunner import procs
+
+    store.set_process(job_id, job.attempts, pid=victim.pid, pid_ctime=procs.start_time(victim.pid))
+    victim.kill()
+    victim.wait()
+    record = status(project, job_id)
+    assert record["status"] == "failed"
+    assert "gone" in record["error"]
+
+
+def test_pid_reuse_is_never_signalled(project: Project) -> None:
+    """A recorded pid whose start time differs is not the job: cancel does not signal it."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    job_id = submit(project, "tests.fixtures:Probe", "noop")
+    innocent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        store = project.store()
+        job = store.claim(job_id, now=time.time(), cap=10, host=os.uname().nodename)
+        from bgrunner import procs
+
+        store.set_process(job_id, job.attempts, pid=innocent.pid,
+                          pid_ctime=procs.start_time(innocent.pid) - 1000)
+        assert project.cli("cancel", str(job_id)).returncode == 0
+        time.sleep(0.5)
+        assert innocent.poll() is None, "an innocent process with a reused pid was signalled"
+    finally:
+        innocent.kill()
+        innocent.wait()
+
+
+def test_kill_9_of_the_worker_loses_no_job(project: Project, tmp_path: Path) -> None:
+    """Killing the worker mid-batch loses nothing: every job completes exactly once after a restart."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    marks = tmp_path / "marks"
+    for i in range(30):
+        submit(project, "tests.fixtures:Probe", "mark", f"{marks},{i}")
+    worker = subprocess.Popen([sys.executable, "-m", "bgrunner", "worker", "--concurrency", "2"],
+                              cwd=ROOT, env=project.env)
+    wait_until(lambda: marks.exists() and len(marks.read_text().split()) >= 5, timeout=60,
+               message="some jobs done")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    r = project.cli("worker", "--concurrency", "2", "--burst", timeout=180)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: all(j.is_final for j in project.jobs()), timeout=60, message="all final")
+    done = marks.read_text().split()
+    assert sorted(done, key=int) == [str(i) for i in range(30)], "each job ran exactly once"
+    assert {j.status for j in project.jobs()} == {"completed"}
+
+
+def test_concurrent_submitters_get_unique_ids_and_each_job_runs_once(project: Project,
+                                                                    tmp_path: Path) -> None:
+    """4 processes x 50 submits at once: 200 unique ids, each job run exactly once."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    marks = tmp_path / "marks"
+    go = tmp_path / "go"
+    code = f"""
+        import os, sys, time, bgrunner
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.005)
+        n = sys.argv[1]
+        print(" ".join(bgrunner.run_background_job("tests.fixtures:Probe", "mark",
+              [{str(marks)!r}, f"{{n}}-{{i}}"]) for i in range(50)))
+    """
+    import textwrap
+
+    procs_ = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(n)], cwd=ROOT,
+                               env=project.env, stdout=subprocess.PIPE, text=True)
+              for n in range(4)]
+    go.write_text("")
+    ids = [i for p in procs_ for i in p.communicate(timeout=60)[0].split()]
+    assert len(ids) == 200 and len(set(ids)) == 200
+    r = project.cli("worker", "--concurrency", "4", "--burst", timeout=300)
+    assert r.returncode == 0, r.stderr
+    done = marks.read_text().split()
+    assert len(done) == 200 and len(set(done)) == 200
+
+
+def test_no_zombies_or_fd_leaks_in_a_long_lived_caller(project: Project) -> None:
+    """A caller that launches 1,000 jobs itself is left with no zombie children and no leaked fds."""
+    n = int(os.environ.get("BGRUNNER_TEST_LAUNCHES", "1000"))
+    code = f"""
+        import os, time, psutil, bgrunner
+        me = psutil.Process()
+        for i in range({n}):
+            job_id = bgrunner.run_background_job("tests.fixtures:Probe", "noop")
+            bgrunner.wait_for(job_id, timeout=60)
+            if i == 0:
+                fds = me.num_fds()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            kids = me.children()
+            if not kids:
+                break
+            time.sleep(0.05)
+        zombies = [c.pid for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
+        print(len(zombies), me.num_fds() - fds, len(kids))
+    """
+    r = project.python(code, timeout=900)
+    assert r.returncode == 0, r.stderr
+    zombies, fd_growth, children = map(int, r.stdout.split())
+    assert zombies == 0 and children == 0
+    assert fd_growth <= 2, fd_growth
+    jobs = project.jobs()
+    assert len(jobs) == n and {j.status for j in jobs} == {"completed"}
+
+
+def test_progress_and_result_are_visible(project: Project) -> None:
+    """A running job's progress shows in status; its return value is kept as the result."""
+    job_id = submit(project, "tests.fixtures:Probe", "progress", "20,0.05")
+    wait_until(lambda: (status(project, job_id).get("progress") or {}).get("done", 0) >= 2,
+               message="progress")
+    record = final(project, job_id)
+    assert record["result"] == 20
+    assert record["progress"]["done"] == 20 and record["progress"]["total"] == 20
+
+
+def test_chained_jobs_run_after_completion(project: Project, tmp_path: Path) -> None:
+    """then=[...] follow-ups are queued when the job completes, and not when it fails."""
+    sentinel = tmp_path / "chain"
+    code = f"""
+        import bgrunner
+        a = bgrunner.run_background_job("tests.fixtures:Probe", "mark", [{str(sentinel)!r}, "first"],
+            then=[("tests.fixtures:Probe", "mark", [{str(sentinel)!r}, "second"])])
+        b = bgrunner.run_background_job("tests.fixtures:Probe", "value_error",
+            then=[("tests.fixtures:Probe", "mark", [{str(sentinel)!r}, "never"])])
+        try:
+            bgrunner.run_background_job("tests.fixtures:Probe", "noop", then=[("os:system", "x", [])])
+        except bgrunner.NotAllowedError:
+            print("rejected")
+        print(bgrunner.wait_for(a, 30)["status"], bgrunner.wait_for(b, 30)["status"])
+    """
+    r = project.python(code)
+    assert r.stdout.split() == ["rejected", "completed", "failed"], r.stderr
+    wait_until(lambda: sentinel.exists() and "second" in sentinel.read_text(), message="chain")
+    jobs = project.jobs()
+    child = [j for j in jobs if j.parent_id is not None]
+    assert len(child) == 1 and child[0].params[1] == "second"
+    assert "never" not in sentinel.read_text()
+
+
+def test_output_is_captured_per_job(project: Project) -> None:
+    """A background job's stdout goes to its own output file, shown by `bgrunner logs ID --output`."""
+    job_id = submit(project, "examples.jobs:SampleJob", "process", "world,2")
+    assert final(project, job_id)["status"] == "completed"
+    r = project.cli("logs", str(job_id), "--output")
+    assert r.stdout == "hello world\nhello world\n"
+
+
+def test_worker_warm_shutdown_lets_running_jobs_finish(project: Project, tmp_path: Path) -> None:
+    """One SIGTERM: the worker stops claiming, waits for the running job, and exits 0."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    sentinel = tmp_path / "started"
+    first = submit(project, "tests.fixtures:Probe", "sleep", f"1,{sentinel}")
+    second = submit(project, "tests.fixtures:Probe", "noop", "--delay", "0")
+    worker = subprocess.Popen([sys.executable, "-m", "bgrunner", "worker", "--concurrency", "1"],
+                              cwd=ROOT, env=project.env)
+    wait_until(sentinel.exists, message="job start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert project.job(first).status == "completed"
+    assert project.job(second).status == "pending"
+
+
+def test_worker_second_sigterm_cancels_running_jobs(project: Project, tmp_path: Path) -> None:
+    """A second SIGTERM cancels the running jobs and the worker exits."""
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"
+    sentinel = tmp_path / "started"
+    job_id = submit(project, "tests.fixtures:Probe", "sleep", f"60,{sentinel}")
+    worker = subprocess.Popen([sys.executable, "-m", "bgrunner", "worker", "--concurrency", "1"],
+                              cwd=ROOT, env=project.env)
+    wait_until(sentinel.exists, message="job start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert project.job(job_id).status == "cancelled"
