@@ -9,7 +9,6 @@ same to every process it starts.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -44,7 +43,9 @@ def absolute_url(url: str | None) -> str:
 
 def host_id() -> str:
     """This host's name in the store: ``BGRUNNER_HOST_ID`` or the hostname."""
-    return os.environ.get("BGRUNNER_HOST_ID") or socket.gethostname()
+    if os.environ.get("BGRUNNER_HOST_ID"):
+        return os.environ["BGRUNNER_HOST_ID"]
+    return os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "localhost")
 
 
 @dataclass

@@ -32,6 +32,7 @@ class Dashboard:
 
     def __init__(self, ctx: Context) -> None:
         self.base = ctx
+        self.templates: Any = None  # the Jinja environment, set by create_app
         self._local = threading.local()
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = {}

@@ -112,7 +112,7 @@ def parse_filters(params: Any, search_key: str = "q") -> Filters:
     before = params.get("before_id") or None
     before_id = None
     if before is not None:
-        if not before.isdigit() or not 0 < int(before) <= MAX_ID:
+        if not (before.isascii() and before.isdigit()) or not 0 < int(before) <= MAX_ID:
             raise UsageError("before_id must be a job id (a whole number >= 1)")
         before_id = int(before)
     return Filters(status, clean(target), clean(search), before_id)
