@@ -106,6 +106,10 @@ def submit(ctx: Context, new: NewJob) -> int:
                  attempt=0, priority=new.priority, run_at=new.run_at)
     if ctx.autostart:
         start_soon(ctx, job_id, due=new.run_at <= time.time())
+    else:
+        from bgrunner.wakeup import notify
+
+        notify(ctx.database_url)  # a running worker picks it up now rather than at its next poll
     return job_id
 
 

@@ -158,8 +158,8 @@ class SQLiteStore(Store):
                                    check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
-            # FULL: a commit is on disk when it returns, so a returned job id is never lost.
-            conn.execute("PRAGMA synchronous = FULL")
+            # NORMAL in WAL mode survives a process crash; submits switch to FULL (see create).
+            conn.execute("PRAGMA synchronous = NORMAL")
             self._ensure_schema(conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open job store {self.path}: {exc}") from exc
@@ -227,7 +227,13 @@ class SQLiteStore(Store):
         return cur.lastrowid
 
     def create(self, job: NewJob, *, status: str = PENDING) -> int:
-        return self._insert(job, status, {})
+        """Insert with ``synchronous = FULL``: the id is returned only once the row is on disk."""
+        conn = self.conn
+        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            return self._insert(job, status, {})
+        finally:
+            conn.execute("PRAGMA synchronous = NORMAL")
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         return self._insert(job, RUNNING, {
