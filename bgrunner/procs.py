@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 #: Two start times closer than this are the same process (both come from /proc's jiffies).
 START_TIME_TOLERANCE = 0.05
@@ -164,7 +163,7 @@ def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
     return True
 
 
-def _signal_all(procs: list["psutil.Process"], sig: int) -> None:  # noqa: F821
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:  # noqa: F821
     import psutil
 
     for p in procs:
