@@ -125,6 +125,7 @@ _RUNNER_CHECKS: dict[str, Callable[[object], object]] = {
     "log_max_bytes": _int_at_least(0),
     "log_backups": _int_at_least(0),
     "result_max_bytes": _int_at_least(1),
+    "host_timeout": _seconds,
 }
 
 
@@ -189,6 +190,7 @@ class RunnerSettings:
     log_max_bytes: int = 10_000_000
     log_backups: int = 5
     result_max_bytes: int = 65536
+    host_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         """Same validation as at load time, for settings built in code."""

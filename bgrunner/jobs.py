@@ -154,7 +154,8 @@ def _on_exit(proc: Any, data: tuple[Context, int, int]) -> None:
         store.close()
 
 
-def record_death(ctx: Context, job: JobRecord, how: str, *, store: Any = None) -> bool:
+def record_death(ctx: Context, job: JobRecord, how: str, *, store: Any = None,
+                 relaunch: bool = True) -> bool:
     """The job's process is gone without recording an end: count a failed attempt, retry per policy."""
     store = store or ctx.store
     error = f"the job's process died without reporting: {how}"
@@ -177,7 +178,7 @@ def record_death(ctx: Context, job: JobRecord, how: str, *, store: Any = None) -
                          run_at=now + delay, release=True, now=now):
         log.emit("job_retrying", level="warning", attempt=job.attempts, error=error,
                  retry_in_s=round(delay, 3), outcome="crashed", pid=job.pid)
-        if ctx.autostart:
+        if relaunch and ctx.autostart:
             start_soon(ctx, job.id, due=delay <= 0)
         return True
     return False

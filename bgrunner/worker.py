@@ -27,6 +27,10 @@ from bgrunner.wakeup import Listener, lock_path
 RECONCILE_INTERVAL = 2.0
 #: A warm shutdown waits this long for running jobs before leaving them to finish alone.
 SHUTDOWN_GRACE = 30.0
+#: How often the worker looks for jobs of this host cancelled elsewhere, at most (seconds).
+CANCEL_CHECK_INTERVAL = 0.5
+#: Cancelled jobs older than this are no longer checked for a surviving process.
+CANCEL_WINDOW = 3600.0
 
 
 @dataclass
@@ -50,8 +54,11 @@ class Worker:
         self.host = host_id()
         self.log = ctx.log.bind(worker_pid=os.getpid(), host=self.host)
         self._last_reconcile = 0.0
+        self._last_heartbeat = 0.0
+        self._last_cancel_check = 0.0
+        self._stopped_ids: set[int] = set()
         self._idle_since = time.monotonic()
-        self._stop_count = 0
+        self.notifications: Any = None
 
     # -- main loop -------------------------------------------------------------
     def run(self) -> int:
@@ -68,13 +75,20 @@ class Worker:
         try:
             self.selector.register(listener, selectors.EVENT_READ, "wake")
             self.selector.register(self.stop.read_fd, selectors.EVENT_READ, "signal")
+            self.notifications = self.ctx.store.listen("bgrunner_jobs", "bgrunner_cancel")
+            if self.notifications is not None:
+                self.selector.register(self.notifications, selectors.EVENT_READ, "notify")
             with stop_signals(self.stop):
                 self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst)
+                self._heartbeat(force=True)
                 jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
                 code = self._loop(listener)
+                self.ctx.store.remove_host(self.host)
                 self.log.emit("worker_stopped", running=len(self.children))
                 return code
         finally:
+            if self.notifications is not None:
+                self.notifications.close()
             listener.close()
             lock.release()
 
@@ -83,6 +97,8 @@ class Worker:
             if self.stop.signum is not None:
                 return self._shutdown()
             self._maybe_reconcile()
+            self._heartbeat()
+            self._stop_cancelled()
             if self._fill_slots() == 0 and self._done():
                 return 0
             timeout = self._sleep_time()
@@ -91,6 +107,10 @@ class Worker:
                     listener.drain()
                 elif key.data == "signal":
                     self.stop.drain()
+                elif key.data == "notify":
+                    channels = {channel for channel, _ in self.notifications.events(0)}
+                    if any(c.startswith("bgrunner_cancel") for c in channels):
+                        self._stop_cancelled(force=True)
             self._reap()
 
     def _done(self) -> bool:
@@ -109,7 +129,7 @@ class Worker:
         return False
 
     def _sleep_time(self) -> float:
-        wait = RECONCILE_INTERVAL
+        wait = min(RECONCILE_INTERVAL, CANCEL_CHECK_INTERVAL, self._heartbeat_interval())
         if len(self.children) < self.concurrency:
             nxt = self.ctx.store.next_run_at()
             if nxt is not None:
@@ -149,13 +169,54 @@ class Worker:
                 os.close(child.pidfd)
             job = self.ctx.store.get(child.job_id)
             if job is not None and job.owned and job.attempts == child.attempt and job.pid == pid:
-                jobs.record_death(self.ctx, job, procs.describe_exit(child.proc.returncode))
+                jobs.record_death(self.ctx, job, procs.describe_exit(child.proc.returncode),
+                                  relaunch=False)
 
     def _maybe_reconcile(self) -> None:
         now = time.monotonic()
         if now - self._last_reconcile >= RECONCILE_INTERVAL:
             self._last_reconcile = now
             jobs.reconcile(self.ctx)
+
+    # -- several hosts on one store -------------------------------------------------------
+    def _heartbeat_interval(self) -> float:
+        return max(0.2, self.ctx.config.runner.host_timeout / 3)
+
+    def _heartbeat(self, *, force: bool = False) -> None:
+        """Say this host is alive; fail the running jobs of hosts whose heartbeat expired."""
+        now = time.monotonic()
+        if not force and now - self._last_heartbeat < self._heartbeat_interval():
+            return
+        self._last_heartbeat = now
+        wall = time.time()
+        self.ctx.store.heartbeat(self.host, pid=os.getpid(), now=wall)
+        timeout = self.ctx.config.runner.host_timeout
+        lost = {h.host: h for h in self.ctx.store.hosts()
+                if h.host != self.host and wall - h.last_seen > timeout}
+        if not lost:
+            return
+        for job in self.ctx.store.active():
+            if job.host in lost:
+                silent = wall - lost[job.host].last_seen
+                jobs.record_death(self.ctx, job, f"host lost: no heartbeat from {job.host} "
+                                  f"for {silent:.0f} s", relaunch=False)
+        for host in lost:
+            self.log.emit("host_lost", lost_host=host, level="warning")
+            self.ctx.store.remove_host(host)
+
+    def _stop_cancelled(self, *, force: bool = False) -> None:
+        """Stop this host's processes of jobs cancelled from anywhere (another host included)."""
+        now = time.monotonic()
+        if not force and now - self._last_cancel_check < CANCEL_CHECK_INTERVAL:
+            return
+        self._last_cancel_check = now
+        for job in self.ctx.store.cancelled_on(self.host, since=time.time() - CANCEL_WINDOW):
+            if job.id in self._stopped_ids or not procs.is_alive(job.pid, job.pid_ctime):
+                continue
+            if len(self._stopped_ids) > 10_000:
+                self._stopped_ids.clear()
+            self._stopped_ids.add(job.id)
+            jobs.stop_process(self.ctx, job, wait=False)
 
     # -- shutdown ---------------------------------------------------------------------
     def _shutdown(self) -> int:

@@ -13,25 +13,28 @@ import os
 import re
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("BGRUNNER_TEST_PG_URL") or DEFAULT_PG_URL
 
 
 def _with_query(url: str, **changes: str | None) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in changes]
-    query += [(k, v) for k, v in changes.items() if v is not None]
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    """``url`` with query parameters replaced (None removes); the rest is kept as written."""
+    base, _, query = url.partition("?")
+    pairs = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) not in changes]
+    pairs += [f"{k}={quote(v, safe='')}" for k, v in changes.items() if v is not None]
+    return base + ("?" + "&".join(pairs) if pairs else "")
 
 
 def postgres_url(dbname: str | None = None, schema: str | None = None) -> str:
     """The test server's URL, optionally for another database and with ``?schema=``."""
     url = PG_URL
     if dbname is not None:
-        parts = urlsplit(url)
-        url = urlunsplit(parts._replace(path="/" + quote(dbname)))
+        base, mark, query = url.partition("?")
+        scheme, _, rest = base.partition("://")
+        netloc = rest.partition("/")[0]
+        url = f"{scheme}://{netloc}/{quote(dbname, safe='')}{mark}{query}"
     return _with_query(url, schema=schema) if schema is not None else url
 
 

@@ -50,7 +50,7 @@ methods = ["process", "handle"]
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("BGRUNNER_"):
+        if name.startswith("BGRUNNER_") and not name.startswith("BGRUNNER_TEST_"):
             monkeypatch.delenv(name)
 
 
@@ -124,10 +124,34 @@ class Project:
             store.close()
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    p = Project(root=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _make_project(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Project:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        from tests.backends import fresh_postgres_url, require_postgres
+
+        require_postgres()
+        url = fresh_postgres_url(request)
+    p = Project(root=tmp_path, database_url=url)
     p.write_config(ALLOWLIST)
+    return p
+
+
+@pytest.fixture(params=BACKENDS)
+def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    """A sandbox on each store: a fresh SQLite file, and a fresh PostgreSQL schema."""
+    p = _make_project(request, tmp_path, request.param)
+    yield p
+    stop_workers(p)
+
+
+@pytest.fixture
+def sqlite_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    """A sandbox on SQLite only, for tests about processes rather than the store."""
+    p = _make_project(request, tmp_path, "sqlite")
     yield p
     stop_workers(p)
 

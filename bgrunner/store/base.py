@@ -9,6 +9,7 @@ attempt. Callers (runner, worker, CLI, dashboard) never see SQL.
 
 from __future__ import annotations
 
+import builtins
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -147,6 +148,16 @@ class AuditEntry:
     address: str | None
 
 
+@dataclass(frozen=True)
+class HostRecord:
+    """A host whose worker heartbeats into this store."""
+
+    host: str
+    pid: int
+    started_at: float
+    last_seen: float
+
+
 def decode_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -184,11 +195,11 @@ class Store(ABC):
         search: str | None = None,
         before_id: int | None = None,
         limit: int = 50,
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         """Jobs newest first (id descending), keyset-paginated by ``before_id``."""
 
     @abstractmethod
-    def attempts(self, job_id: int) -> list[AttemptRecord]:
+    def attempts(self, job_id: int) -> builtins.list[AttemptRecord]:
         """The job's finished attempts, oldest first."""
 
     @abstractmethod
@@ -222,7 +233,7 @@ class Store(ABC):
         """The earliest ``run_at`` among ready-or-waiting jobs, or None."""
 
     @abstractmethod
-    def active(self) -> list[JobRecord]:
+    def active(self) -> builtins.list[JobRecord]:
         """Jobs a process is, or should be, working on (running; retrying with a pid)."""
 
     # -- attempt lifecycle (fenced) -----------------------------------------
@@ -271,7 +282,7 @@ class Store(ABC):
         """Store the job's latest progress report."""
 
     @abstractmethod
-    def finished_since(self, since: float) -> list[tuple[float, float | None, str]]:
+    def finished_since(self, since: float) -> builtins.list[tuple[float, float | None, str]]:
         """(finished_at, seconds from started_at, status) of jobs finished since ``since``."""
 
     # -- audit -----------------------------------------------------------------
@@ -281,8 +292,29 @@ class Store(ABC):
         """Record an action taken on the jobs (dashboard, API)."""
 
     @abstractmethod
-    def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
         """Audit entries, newest first, keyset-paginated by ``before_id``."""
+
+    # -- hosts (several workers on one store) ------------------------------------
+    @abstractmethod
+    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+        """Say this host's worker is alive (insert or update its row)."""
+
+    @abstractmethod
+    def remove_host(self, host: str) -> None:
+        """A worker that stops cleanly removes its row: its jobs are not "lost"."""
+
+    @abstractmethod
+    def hosts(self) -> builtins.list[HostRecord]:
+        """Hosts with a worker row, most recently seen first."""
+
+    @abstractmethod
+    def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
+        """Jobs on ``host`` cancelled since ``since`` that still had a process then."""
+
+    def listen(self, *channels: str) -> Any:
+        """A handle with ``fileno()`` that wakes on submits and cancels, or None (poll)."""
+        return None
 
     # -- cancellation and housekeeping --------------------------------------
     @abstractmethod

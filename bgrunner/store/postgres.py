@@ -20,6 +20,7 @@ psycopg is imported here only, so the job path never pays for it.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -45,13 +46,14 @@ from bgrunner.store.base import (
     STATUSES,
     AttemptRecord,
     AuditEntry,
+    HostRecord,
     JobRecord,
     NewJob,
     Store,
 )
 from bgrunner.store.sqlite import ACTIVE_WHERE, COLUMNS, READY_WHERE, row_to_record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "bgrunner"
 #: Logical channel woken when a job may have become claimable.
 JOBS_CHANNEL = "bgrunner_jobs"
@@ -110,6 +112,12 @@ CREATE TABLE IF NOT EXISTS {s}.attempts (
     traceback TEXT,
     PRIMARY KEY (job_id, attempt)
 );
+CREATE TABLE IF NOT EXISTS {s}.hosts (
+    host TEXT PRIMARY KEY,
+    pid BIGINT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {s}.audit (
     id BIGSERIAL PRIMARY KEY,
     at DOUBLE PRECISION NOT NULL,
@@ -123,19 +131,25 @@ CREATE TABLE IF NOT EXISTS {s}.audit (
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """The libpq URL without bgrunner's own ``schema`` query parameter, and that schema."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schemas = [value for key, value in query if key == "schema"]
-    schema = schemas[-1] if schemas else DEFAULT_SCHEMA
+    """The libpq URL without bgrunner's own ``schema`` query parameter, and that schema.
+
+    The rest of the URL is passed on byte for byte (``postgresql:///db?host=/run/…``
+    and multi-host URLs included): only the ``schema=`` pairs are taken out.
+    """
+    base, _, query = url.partition("?")
+    kept, schema = [], DEFAULT_SCHEMA
+    for pair in query.split("&") if query else []:
+        key, _, value = pair.partition("=")
+        if unquote(key) == "schema":
+            schema = unquote(value)
+        else:
+            kept.append(pair)
     if not _IDENTIFIER.match(schema):
         raise StoreError(
             f"invalid schema name {schema!r} in the database URL: use letters, digits and _"
             " (at most 63, not starting with a digit)"
         )
-    # libpq decodes %XX but not "+", so spaces must stay %20.
-    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
-    return urlunsplit(parts._replace(query=rest)), schema
+    return base + ("?" + "&".join(kept) if kept else ""), schema
 
 
 def describe(conninfo: str) -> str:
@@ -251,12 +265,14 @@ class PostgresStore(Store):
             yield conn
 
     def _read_version(self, conn: psycopg.Connection[Any]) -> int | None:
-        (table,) = conn.execute("SELECT to_regclass(%s)::text", (self.meta,)).fetchone() or (None,)
-        if table is None:
+        found = conn.execute("SELECT to_regclass(%s)::text", (self.meta,)).fetchone()
+        if found is None or found[0] is None:
             return None
         row = conn.execute(f"SELECT value FROM {self.meta} WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            return None
         try:
-            return None if row is None else int(row[0])
+            return int(row[0])
         except ValueError as exc:
             raise StoreError(f"job store {self.where}: bad schema_version {row[0]!r}") from exc
 
@@ -370,7 +386,7 @@ class PostgresStore(Store):
 
     def list(self, *, status: str | None = None, target: str | None = None,
              search: str | None = None, before_id: int | None = None,
-             limit: int = 50) -> list[JobRecord]:
+             limit: int = 50) -> builtins.list[JobRecord]:
         where: list[str] = []
         args: list[Any] = []
         if status:
@@ -381,7 +397,8 @@ class PostgresStore(Store):
             args.append(target)
         if search:
             where.append("(params ILIKE %s ESCAPE '\\' OR error ILIKE %s ESCAPE '\\')")
-            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
             args += [pattern, pattern]
         if before_id is not None:
             where.append("id < %s")
@@ -392,7 +409,7 @@ class PostgresStore(Store):
             (*args, limit),
         )
 
-    def attempts(self, job_id: int) -> list[AttemptRecord]:
+    def attempts(self, job_id: int) -> builtins.list[AttemptRecord]:
         with self._db() as conn:
             rows = conn.execute(
                 "SELECT job_id, attempt, outcome, started_at, finished_at, pid, error, traceback"
@@ -462,10 +479,11 @@ class PostgresStore(Store):
 
     def next_run_at(self) -> float | None:
         with self._db() as conn:
-            row = conn.execute(f"SELECT min(run_at) FROM {self.jobs} WHERE {READY_WHERE}").fetchone()
+            row = conn.execute(
+                f"SELECT min(run_at) FROM {self.jobs} WHERE {READY_WHERE}").fetchone()
         return None if row is None else row[0]
 
-    def active(self) -> list[JobRecord]:
+    def active(self) -> builtins.list[JobRecord]:
         return self._records(f"SELECT {COLUMNS} FROM {self.jobs} WHERE {ACTIVE_WHERE}")
 
     # -- attempt lifecycle -----------------------------------------------------------
@@ -556,7 +574,7 @@ class PostgresStore(Store):
             (json.dumps(progress), job_id, attempt),
         )
 
-    def finished_since(self, since: float) -> list[tuple[float, float | None, str]]:
+    def finished_since(self, since: float) -> builtins.list[tuple[float, float | None, str]]:
         with self._db() as conn:
             rows = conn.execute(
                 f"SELECT finished_at, finished_at - started_at, status FROM {self.jobs}"
@@ -574,7 +592,7 @@ class PostgresStore(Store):
         assert row is not None
         return int(row[0])
 
-    def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
         where = "" if before_id is None else "WHERE id < %s"
         args = () if before_id is None else (before_id,)
         with self._db() as conn:
@@ -582,6 +600,35 @@ class PostgresStore(Store):
                 f"SELECT id, at, actor, action, job_id, detail, address FROM {self.audit_table}"
                 f" {where} ORDER BY id DESC LIMIT %s", (*args, limit)).fetchall()
         return [AuditEntry(*r) for r in rows]
+
+    # -- hosts -----------------------------------------------------------------------
+    @property
+    def hosts_table(self) -> str:
+        return f'"{self.schema}".hosts'
+
+    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"INSERT INTO {self.hosts_table} AS h (host, pid, started_at, last_seen)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET"
+                " last_seen = EXCLUDED.last_seen, pid = EXCLUDED.pid,"
+                " started_at = CASE WHEN h.pid = EXCLUDED.pid THEN h.started_at"
+                " ELSE EXCLUDED.started_at END", (host, pid, now, now))
+
+    def remove_host(self, host: str) -> None:
+        with self._db() as conn:
+            conn.execute(f"DELETE FROM {self.hosts_table} WHERE host = %s", (host,))
+
+    def hosts(self) -> builtins.list[HostRecord]:
+        with self._db() as conn:
+            rows = conn.execute(f"SELECT host, pid, started_at, last_seen FROM {self.hosts_table}"
+                                " ORDER BY last_seen DESC").fetchall()
+        return [HostRecord(*r) for r in rows]
+
+    def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
+        return self._records(
+            f"SELECT {COLUMNS} FROM {self.jobs} WHERE status = 'cancelled' AND host = %s"
+            " AND pid IS NOT NULL AND finished_at >= %s", (host, since))
 
     # -- cancellation and housekeeping ---------------------------------------------
     def cancel(self, job_id: int, *, now: float) -> JobRecord | None:
@@ -652,10 +699,10 @@ class Listener:
         self._connection()
         return self
 
-    def events(self, timeout: float | None) -> list[tuple[str, str]]:
+    def events(self, timeout: float | None) -> builtins.list[tuple[str, str]]:
         """(logical channel, payload) pairs: waits up to ``timeout`` for the first, then drains."""
         conn = self._connection()
-        received: list[tuple[str, str]] = []
+        received: builtins.list[tuple[str, str]] = []
         try:
             for note in conn.notifies(timeout=timeout, stop_after=1):
                 received.append((self.channels.get(note.channel, note.channel), note.payload))
@@ -669,7 +716,7 @@ class Listener:
                              f" {first_line(exc)}") from exc
         return received
 
-    def wait(self, timeout: float | None) -> list[str]:
+    def wait(self, timeout: float | None) -> builtins.list[str]:
         """The payloads received within ``timeout`` seconds (an empty list on timeout)."""
         return [payload for _, payload in self.events(timeout)]
 

@@ -8,6 +8,7 @@ recorded and a forked child opens its own.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -27,13 +28,14 @@ from bgrunner.store.base import (
     STATUSES,
     AttemptRecord,
     AuditEntry,
+    HostRecord,
     JobRecord,
     NewJob,
     Store,
     decode_json,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bgrunner_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,6 +81,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT,
     traceback TEXT,
     PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -246,7 +254,7 @@ class SQLiteStore(Store):
 
     def list(self, *, status: str | None = None, target: str | None = None,
              search: str | None = None, before_id: int | None = None,
-             limit: int = 50) -> list[JobRecord]:
+             limit: int = 50) -> builtins.list[JobRecord]:
         where, args = [], []
         if status:
             where.append("status = ?")
@@ -267,7 +275,7 @@ class SQLiteStore(Store):
         ).fetchall()
         return [row_to_record(r) for r in rows]
 
-    def attempts(self, job_id: int) -> list[AttemptRecord]:
+    def attempts(self, job_id: int) -> builtins.list[AttemptRecord]:
         rows = self.conn.execute(
             "SELECT job_id, attempt, outcome, started_at, finished_at, pid, error, traceback"
             " FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)
@@ -326,7 +334,7 @@ class SQLiteStore(Store):
         row = self.conn.execute(f"SELECT min(run_at) FROM jobs WHERE {READY_WHERE}").fetchone()
         return None if row is None else row[0]
 
-    def active(self) -> list[JobRecord]:
+    def active(self) -> builtins.list[JobRecord]:
         rows = self.conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE {ACTIVE_WHERE}").fetchall()
         return [row_to_record(r) for r in rows]
 
@@ -387,7 +395,7 @@ class SQLiteStore(Store):
         )
         return cur.rowcount == 1
 
-    def finished_since(self, since: float) -> list[tuple[float, float | None, str]]:
+    def finished_since(self, since: float) -> builtins.list[tuple[float, float | None, str]]:
         rows = self.conn.execute(
             "SELECT finished_at, finished_at - started_at, status FROM jobs"
             " WHERE finished_at >= ? ORDER BY finished_at", (since,)).fetchall()
@@ -401,12 +409,34 @@ class SQLiteStore(Store):
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
         rows = self.conn.execute(
             "SELECT id, at, actor, action, job_id, detail, address FROM audit"
             " WHERE id < ? ORDER BY id DESC LIMIT ?",
             (before_id if before_id is not None else 2**62, limit)).fetchall()
         return [AuditEntry(*r) for r in rows]
+
+    # -- hosts -----------------------------------------------------------------------
+    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO hosts (host, pid, started_at, last_seen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, pid = excluded.pid,"
+            " started_at = CASE WHEN hosts.pid = excluded.pid THEN hosts.started_at"
+            " ELSE excluded.started_at END", (host, pid, now, now))
+
+    def remove_host(self, host: str) -> None:
+        self.conn.execute("DELETE FROM hosts WHERE host = ?", (host,))
+
+    def hosts(self) -> builtins.list[HostRecord]:
+        rows = self.conn.execute(
+            "SELECT host, pid, started_at, last_seen FROM hosts ORDER BY last_seen DESC").fetchall()
+        return [HostRecord(*r) for r in rows]
+
+    def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
+        rows = self.conn.execute(
+            f"SELECT {COLUMNS} FROM jobs WHERE status = 'cancelled' AND host = ?"
+            " AND pid IS NOT NULL AND finished_at >= ?", (host, since)).fetchall()
+        return [row_to_record(r) for r in rows]
 
     # -- cancellation and housekeeping ---------------------------------------------
     def cancel(self, job_id: int, *, now: float) -> JobRecord | None:

@@ -318,8 +318,9 @@ def test_concurrent_submitters_get_unique_ids_and_each_job_runs_once(project: Pr
     assert len(done) == 200 and len(set(done)) == 200
 
 
-def test_no_zombies_or_fd_leaks_in_a_long_lived_caller(project: Project) -> None:
+def test_no_zombies_or_fd_leaks_in_a_long_lived_caller(sqlite_project: Project) -> None:
     """A caller that launches 1,000 jobs itself is left with no zombie children and no leaked fds."""
+    project = sqlite_project
     n = int(os.environ.get("BGRUNNER_TEST_LAUNCHES", "1000"))
     code = f"""
         import os, time, psutil, bgrunner

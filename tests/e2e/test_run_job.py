@@ -257,8 +257,9 @@ def test_unwritable_log_dir_warns_once_and_job_still_runs(project: Project, tmp_
     assert project.jobs()[0].status == "completed"
 
 
-def test_store_and_logs_are_private(project: Project) -> None:
+def test_store_and_logs_are_private(sqlite_project: Project) -> None:
     """The SQLite file and the log files are created readable by their owner only."""
+    project = sqlite_project
     assert project.run_job("tests.fixtures:Probe", "noop").returncode == 0
     db = project.database_url[len("sqlite:///"):]
     for path in (db, project.log_dir / "background_jobs.log"):

@@ -366,7 +366,7 @@ def test_cancel_after_completed_returns_none(store: Store) -> None:
 
 
 def test_cancel_pending_returns_the_record_before(store: Store) -> None:
-    """cancel() of a pending job returns it as it was; a second cancel or an unknown id gives None."""
+    """cancel() of a pending job returns it as it was; a second cancel or unknown id is None."""
     job_id = store.create(job(["p"]))
     before = store.cancel(job_id, now=1500.0)
     assert before is not None and (before.id, before.status) == (job_id, "pending")
@@ -628,6 +628,9 @@ def test_pg_url_schema_parameter_is_bgrunners_own() -> None:
     assert store.schema == "jobs_2"
     assert store.conninfo == "postgresql://u:pw@db.example:6543/app?sslmode=disable"
     assert PostgresStore("postgres://u@h/app").schema == "bgrunner"
+    socket = PostgresStore("postgresql:///app?host=/run/postgresql&schema=s&user=u")
+    assert socket.conninfo == "postgresql:///app?host=/run/postgresql&user=u"
+    assert socket.schema == "s"
     with pytest.raises(StoreError, match="schema"):
         PostgresStore("postgresql://u@h/app?schema=bad-name;drop")
 
