@@ -82,7 +82,7 @@ class Worker:
                 self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst)
                 self._heartbeat(force=True)
                 jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
-                code = self._loop(listener)
+                code = self._loop()
                 self.ctx.store.remove_host(self.host)
                 self.log.emit("worker_stopped", running=len(self.children))
                 return code
@@ -92,7 +92,7 @@ class Worker:
             listener.close()
             lock.release()
 
-    def _loop(self, listener: Listener) -> int:
+    def _loop(self) -> int:
         while True:
             if self.stop.signum is not None:
                 return self._shutdown()
@@ -102,16 +102,20 @@ class Worker:
             if self._fill_slots() == 0 and self._done():
                 return 0
             timeout = self._sleep_time()
-            for key, _ in self.selector.select(timeout):
-                if key.data == "wake":
-                    listener.drain()
-                elif key.data == "signal":
-                    self.stop.drain()
-                elif key.data == "notify":
-                    channels = {channel for channel, _ in self.notifications.events(0)}
-                    if any(c.startswith("bgrunner_cancel") for c in channels):
-                        self._stop_cancelled(force=True)
+            self._wait(timeout)
             self._reap()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a wake-up, a signal, a notification or a child's exit; consume them."""
+        for key, _ in self.selector.select(timeout):
+            if key.data == "wake":
+                key.fileobj.drain()  # type: ignore[union-attr]
+            elif key.data == "signal":
+                self.stop.drain()
+            elif key.data == "notify":
+                channels = {channel for channel, _ in self.notifications.events(0)}
+                if any(c.startswith("bgrunner_cancel") for c in channels):
+                    self._stop_cancelled(force=True)
 
     def _done(self) -> bool:
         """Burst: nothing running and nothing ready. Auto-started: idle for ``idle_exit``."""
@@ -223,11 +227,13 @@ class Worker:
         """First SIGTERM: no more claims, wait for running jobs. Second: cancel them."""
         self.log.emit("worker_stopping", running=len(self.children))
         self.stop.signum = None
+        self.stop.drain()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self.children and time.monotonic() < deadline:
-            self.selector.select(min(0.5, max(0.0, deadline - time.monotonic())))
-            self.stop.drain()
+            self._wait(min(0.5, max(0.0, deadline - time.monotonic())))
             self._reap()
+            self._heartbeat()
+            self._stop_cancelled()  # a job cancelled from elsewhere must not hold the shutdown
             if self.stop.signum is not None:
                 for child in list(self.children.values()):
                     jobs.cancel(self.ctx, child.job_id, reason="worker stopped (second SIGTERM)",
