@@ -89,9 +89,13 @@ def follow_file(path: str, *, follow: bool, raw: bool = False) -> Iterator[str]:
 
 def read_log_lines(path: str, *, job_id: str | None,
                    follow: bool) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Parsed log lines (of one job), skipping a malformed one; follows the file if asked."""
+    """Parsed log lines (of one job), rotated files first, skipping a malformed one; follows if asked."""
+    from bgrunner.eventlog import log_files
+
     wanted = None if job_id is None else str(job_id)
-    for line in follow_file(path, follow=follow):
+    rotated = [p for p in log_files(path) if p != path]
+    lines = (line for p in rotated for line in follow_file(p, follow=False))
+    for line in _chain(lines, follow_file(path, follow=follow)):
         line = line.rstrip("\n")
         try:
             event = json.loads(line)
@@ -102,6 +106,11 @@ def read_log_lines(path: str, *, job_id: str | None,
         if wanted is not None and str(event.get("job_id")) != wanted:
             continue
         yield line, event
+
+
+def _chain(*iterables: Iterator[str]) -> Iterator[str]:
+    for iterable in iterables:
+        yield from iterable
 
 
 def allowed_jobs_text(config: Any) -> str:
