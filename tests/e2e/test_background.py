@@ -117,15 +117,13 @@ def test_bad_submissions_raise_and_record_nothing(project: Project) -> None:
 
 
 def test_delay_is_honoured(project: Project, tmp_path: Path) -> None:
-    """A delayed job starts no earlier than its run_at, and not much later (auto-started worker)."""
+    """A delayed job waits for its run_at and is launched within 100 ms of it (auto-started worker)."""
     sentinel = tmp_path / "ran"
-    job_id = submit(project, "tests.fixtures:Probe", "mark", str(sentinel), "--delay", "1.5")
-    created = time.time()
-    assert status(project, job_id)["status"] == "pending"
-    wait_until(sentinel.exists, timeout=15, interval=0.01, message="delayed job")
-    assert time.time() - created >= 1.4
+    job_id = submit(project, "tests.fixtures:Probe", "mark", str(sentinel), "--delay", "3")
     job = project.job(job_id)
-    assert job.status == "completed"
+    assert job.status == "pending" and job.run_at - job.created_at > 2
+    assert final(project, job_id)["status"] == "completed"
+    job = project.job(job_id)
     lateness = job.started_at - job.run_at
     assert 0 <= lateness <= 0.1, f"launched {lateness:.3f} s after its run_at"
 
@@ -217,8 +215,10 @@ def test_kill_9_of_a_job_is_noticed_and_retried(project: Project, tmp_path: Path
     assert record["status"] == "completed" and record["attempts"] == 2
     store = project.store()
     [first, second] = store.attempts(job_id)
-    assert first.outcome == "crashed" and "signal 9" in (first.error or "") or \
-        "is gone" in (first.error or ""), first
+    # Its launcher (the `submit` command) has exited, so no parent saw the signal: the next
+    # status check found the process gone.
+    assert first.outcome == "crashed" and "is gone" in (first.error or ""), first
+    assert second.outcome == "completed"
 
 
 def test_crash_inside_the_attempt_is_retried(project: Project, tmp_path: Path) -> None:
