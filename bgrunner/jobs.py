@@ -7,6 +7,7 @@ start time) before it believes a job is running.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -144,20 +145,20 @@ def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> Any:
 
 
 def _on_exit(proc: Any, data: tuple[Context, int, int]) -> None:
-    ctx, job_id, attempt = data
-    store = ctx.store.__class__(ctx.store.url)  # the reaper thread has its own connection
+    """In the reaper thread: a launched job's process ended; record its death if it did not."""
+    launching_ctx, job_id, attempt = data
+    ctx = dataclasses.replace(launching_ctx)  # this thread's own store connection
     try:
-        job = store.get(job_id)
+        job = ctx.store.get(job_id)
         if job is not None and job.owned and job.attempts == attempt and job.pid == proc.pid:
-            record_death(ctx, job, procs.describe_exit(proc.returncode), store=store)
+            record_death(ctx, job, procs.describe_exit(proc.returncode))
     finally:
-        store.close()
+        ctx.store.close()
 
 
-def record_death(ctx: Context, job: JobRecord, how: str, *, store: Any = None,
-                 relaunch: bool = True) -> bool:
+def record_death(ctx: Context, job: JobRecord, how: str, *, relaunch: bool = True) -> bool:
     """The job's process is gone without recording an end: count a failed attempt, retry per policy."""
-    store = store or ctx.store
+    store = ctx.store
     error = f"the job's process died without reporting: {how}"
     now = time.time()
     try:

@@ -242,5 +242,5 @@ def field_of(message: str, info: MethodInfo) -> str | None:
     names = {f.name for f in info.fields}
     for name in _NAMED.findall(message):
         if name in names:
-            return name
+            return str(name)
     return None

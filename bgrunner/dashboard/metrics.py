@@ -75,7 +75,7 @@ def attempts_total(store: Store, jobs: int) -> int | None:
         return int(own())
     if jobs > ATTEMPTS_WALK_LIMIT:
         return None
-    return sum(job.attempts for job in _walk(store, None, ATTEMPTS_WALK_LIMIT))
+    return sum(int(job.attempts) for job in _walk(store, None, ATTEMPTS_WALK_LIMIT))
 
 
 def ready_count(store: Store, now: float) -> int:
@@ -133,5 +133,5 @@ def _walk(store: Store, status: str | None, limit: int) -> Iterator[Any]:
 def render(ctx_of: Any) -> bytes:
     """One scrape: a fresh registry around the collector (no global state)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(ctx_of))  # type: ignore[arg-type]
+    registry.register(StoreCollector(ctx_of))
     return generate_latest(registry)

@@ -132,7 +132,8 @@ def schema() -> dict[str, Any]:
                     "parameters": [_JOB_ID],
                     "responses": {
                         "201": _ok("The new job.", {"$ref": "#/components/schemas/Created"}),
-                        "400": _error("The job is not failed or cancelled."),
+                        "400": _error("The job can no longer be submitted (allowlist)."),
+                        "409": _error("The job is not failed or cancelled."),
                         "404": _error("No such job."), **_ACT,
                     },
                 },

@@ -21,7 +21,8 @@ from bgrunner.context import Context
 
 T = TypeVar("T")
 
-#: Counts are recomputed at most this often, however many pages and streams ask.
+#: Counts are recomputed at most this often (or less, when counting is slow),
+#: however many pages and streams ask.
 COUNTS_TTL = 1.0
 #: Dead job processes are looked for (``jobs.reconcile``) at most this often.
 RECONCILE_EVERY = 5.0
@@ -37,6 +38,7 @@ class Dashboard:
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._counts_at = 0.0
+        self._counts_ttl = COUNTS_TTL
         self._reconciled_at = 0.0
         self._methods_lock = threading.Lock()
         self._methods: dict[tuple[str, str], Any] = {}
@@ -64,9 +66,10 @@ class Dashboard:
 
     # -- shared, cached reads ----------------------------------------------------
     def counts(self, ctx: Context) -> dict[str, int]:
-        """Jobs per status, at most ``COUNTS_TTL`` old; also keeps statuses truthful.
+        """Jobs per status, cached; also keeps statuses truthful (``jobs.reconcile``).
 
-        Every open page stream asks each second; one query serves them all.
+        Every open page stream asks each second; one query serves them all,
+        and it is repeated no more than once per ten times its own duration.
         """
         with self._counts_lock:
             now = time.monotonic()
@@ -76,9 +79,11 @@ class Dashboard:
                     jobs.reconcile(ctx)
                 except Exception:  # a failed check must not take the pages down
                     pass
-            if now - self._counts_at >= COUNTS_TTL or not self._counts:
+            if now - self._counts_at >= self._counts_ttl or not self._counts:
                 self._counts = ctx.store.counts()
                 self._counts_at = time.monotonic()
+                # A slow count (a huge store) is repeated less often: at most 10% busy.
+                self._counts_ttl = max(COUNTS_TTL, 10 * (self._counts_at - now))
             return dict(self._counts)
 
     def specs(self, ctx: Context) -> list[JobSpec]:

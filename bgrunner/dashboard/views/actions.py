@@ -27,8 +27,8 @@ from bgrunner.dashboard.views.common import (
     render,
 )
 from bgrunner.dashboard.views.pages import safe_next
-from bgrunner.errors import JobError, JobNotFound, NotAllowedError, ParamsError
-from bgrunner.store.base import CANCELLABLE, PENDING, RETRYING, RUNNING
+from bgrunner.errors import JobError, JobNotFound, NotAllowedError, ParamsError, UsageError
+from bgrunner.store.base import CANCELLABLE, CANCELLED, FAILED, PENDING, RETRYING, RUNNING
 
 #: A bulk cancel stops at this many jobs per click.
 BULK_CAP = 1000
@@ -44,7 +44,15 @@ def cancel_one(ctx: Context, who: Identity, address: str, job_id: int) -> bool:
     return done
 
 
+class WrongState(UsageError):
+    """The job is not in a status the action applies to."""
+
+
 def retry_one(ctx: Context, who: Identity, address: str, job_id: int) -> int:
+    """A new job like a failed or cancelled one (``jobs.retry``); audited."""
+    job = jobs.get(ctx, job_id)
+    if job.status not in (FAILED, CANCELLED):
+        raise WrongState(f"job {job.id} is {job.status}; only failed or cancelled jobs are retried")
     new_id = jobs.retry(ctx, job_id)
     audit(ctx, who, address, "retry", job_id, f"new job {new_id}")
     return new_id
@@ -107,6 +115,13 @@ async def bulk_cancel(request: Request) -> Response:
 
 
 # -- dispatch ---------------------------------------------------------------------------------
+async def dispatch_page(request: Request) -> Response:
+    """GET shows the form, POST submits it."""
+    if request.method == "POST":
+        return await dispatch(request)
+    return await dispatch_form(request)
+
+
 async def dispatch_form(request: Request) -> Response:
     target, method = request.path_params["target"], request.path_params["method"]
     dash = dashboard(request)

@@ -41,13 +41,13 @@ def dashboard(request: Request) -> Dashboard:
 def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
     """A page from its template, with who is looking and their CSRF token at hand."""
     dash = dashboard(request)
-    who: Identity = identity(request)
+    who: Identity | None = request.scope.get("state", {}).get("identity")
     notice = NOTICES.get(request.query_params.get("notice", ""))
     if notice and "{n}" in notice:
         count = request.query_params.get("n", "0")
         notice = notice.format(n=int(count) if count.isdigit() else 0)
     html = dash.templates.get_template(name).render(
-        request=request, who=who, csrf=who.csrf or "", path=request.url.path, notice=notice,
+        request=request, who=who, csrf=(who.csrf if who else None) or "", path=request.url.path, notice=notice,
         **values)
     return HTMLResponse(html, status_code=status)
 

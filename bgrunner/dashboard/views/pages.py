@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -21,9 +22,10 @@ from bgrunner.dashboard.auth import (
     identity,
     same,
 )
-from bgrunner.dashboard.jobview import ProcessWatch, job_events, read_output
+from bgrunner.dashboard.jobview import EVENT_MARGIN, ProcessWatch, job_events, read_output
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.dashboard.views.common import (
+    NOTICES,
     PAGE_SIZE,
     audit,
     dashboard,
@@ -33,6 +35,9 @@ from bgrunner.dashboard.views.common import (
 )
 from bgrunner.errors import UsageError
 from bgrunner.store.base import CANCELLABLE, FINAL_STATUSES, STATUSES
+
+#: The login form is a token and two hidden fields; anything bigger is refused.
+LOGIN_FORM_BYTES = 16 * 1024
 
 
 def safe_next(value: str | None) -> str:
@@ -50,10 +55,21 @@ def _login_page(request: Request, status: int = 200, error: str | None = None,
     token = secrets.token_urlsafe(24)
     html = dash.templates.get_template("login.html").render(
         request=request, who=None, csrf=token, error=error,
-        next=safe_next(request.query_params.get("next")), path="/login", notice=None)
+        next=safe_next(request.query_params.get("next")), path="/login",
+        notice=NOTICES.get(request.query_params.get("notice", "")))
     response = HTMLResponse(html, status_code=status, headers=headers)
     response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/login", **cookie_options(request))
     return response
+
+
+async def _small_form(request: Request, limit: int = LOGIN_FORM_BYTES) -> dict[str, str] | None:
+    """The url-encoded login form, read with a size limit (anyone may post to /login)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 async def login(request: Request) -> Response:
@@ -69,18 +85,20 @@ async def login(request: Request) -> Response:
     if wait:
         return _login_page(request, 429, f"Too many failed logins. Try again in {wait:.0f} s.",
                            {"Retry-After": str(max(1, round(wait)))})
-    form = await request.form()
-    given, expected = str(form.get("csrf_token", "")), request.cookies.get(LOGIN_COOKIE, "")
+    form = await _small_form(request)
+    if form is None:
+        return HTMLResponse("request body too large", status_code=413)
+    given, expected = form.get("csrf_token", ""), request.cookies.get(LOGIN_COOKIE, "")
     if not given or not expected or not same(given, expected):
         return HTMLResponse("missing or wrong CSRF token: reload the login page", status_code=403)
-    role = auth.role_of(str(form.get("token", "")))
+    role = auth.role_of(form.get("token", ""))
     if role is None:
         auth.limiter.failed(address)
         await dash.run(audit, "anonymous", address, "login_failed")
         return _login_page(request, 401, "Wrong token.")
     cookie_value, who = auth.new_session(role)
     await dash.run(audit, role, address, "login", None, who.actor)
-    response = RedirectResponse(safe_next(str(form.get("next", "/"))), status_code=303)
+    response = RedirectResponse(safe_next(form.get("next", "/")), status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie_value, max_age=12 * 3600, path="/",
                         **cookie_options(request))
     response.delete_cookie(LOGIN_COOKIE, path="/login")
@@ -154,7 +172,8 @@ def _detail(ctx: Context, job_id: int) -> dict[str, Any]:
     return {
         "job": job,
         "attempts": ctx.store.attempts(job.id),
-        "events": job_events(ctx.log_dir, job.id),
+        "events": job_events(ctx.log_dir, job.id, since=job.created_at - EVENT_MARGIN,
+                             until=(job.finished_at or time.time()) + EVENT_MARGIN),
         "output": output,
         "output_offset": offset,
         "output_truncated": truncated,

@@ -1,0 +1,1 @@
+"""The request handlers: ``pages`` (HTML), ``actions`` (form posts), ``api`` (JSON), ``events`` (SSE)."""

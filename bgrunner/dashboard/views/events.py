@@ -1,0 +1,188 @@
+"""Live updates as Server-Sent Events: ``/events`` for lists, ``/jobs/{id}/stream`` for one job.
+
+Each stream polls the store at most once per ``POLL_INTERVAL`` (the counts
+are shared by all streams, see ``Dashboard.counts``), sends a JSON message
+only when something changed, and ends when the client goes away (Starlette
+cancels the generator on disconnect) or after ``STREAM_LIFETIME``, after which
+the browser's EventSource reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from bgrunner import jobs
+from bgrunner.context import Context
+from bgrunner.dashboard.jobview import ProcessWatch, read_output
+from bgrunner.dashboard.openapi import MAX_ID
+from bgrunner.dashboard.state import Dashboard
+from bgrunner.dashboard.views.common import PAGE_SIZE, Filters, dashboard, job_id_of, parse_filters
+from bgrunner.errors import UsageError
+from bgrunner.store.base import JobRecord
+
+POLL_INTERVAL = 1.0
+STREAM_LIFETIME = 300.0
+HEARTBEAT = 15.0
+#: A list stream watches at most this many jobs.
+MAX_WATCH = 200
+
+HEADERS = {"X-Accel-Buffering": "no"}
+
+
+def message(payload: dict[str, Any], event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _signature(job: JobRecord) -> tuple[Any, ...]:
+    return (job.status, job.attempts, json.dumps(job.progress), job.pid, job.finished_at,
+            job.error)
+
+
+def _found(job: JobRecord, search: str | None) -> bool:
+    """The store's search (case-insensitive text in the params' JSON or the error), in Python."""
+    if not search:
+        return True
+    needle = search.lower()
+    return needle in json.dumps(job.params).lower() or needle in (job.error or "").lower()
+
+
+def _ids(text: str) -> set[int]:
+    ids = set()
+    for part in text.split(",")[:MAX_WATCH]:
+        part = part.strip()
+        if part.isascii() and part.isdigit() and 0 < int(part) <= MAX_ID:
+            ids.add(int(part))
+    return ids
+
+
+class ListWatch:
+    """One list stream's memory: the jobs it watches and what it last sent of each."""
+
+    def __init__(self, dash: Dashboard, filters: Filters, watch: set[int], top: int | None) -> None:
+        self.dash, self.filters, self.watch, self.top = dash, filters, watch, top
+        self.sent: dict[int, tuple[Any, ...]] = {}
+        self.counts: dict[str, int] | None = None
+
+    def poll(self, ctx: Context) -> dict[str, Any] | None:
+        changed = [job for job in self._watched(ctx) if self._is_news(job)]
+        fresh = self._new_jobs(ctx) if self.top is not None else []
+        counts = self.dash.counts(ctx)
+        if not changed and not fresh and counts == self.counts:
+            return None
+        self.counts = counts
+        return {"counts": counts, "jobs": [j.to_dict() for j in changed],
+                "new": [j.to_dict() for j in fresh]}
+
+    def _watched(self, ctx: Context) -> list[JobRecord]:
+        found = []
+        for job_id in sorted(self.watch):
+            job = ctx.store.get(job_id)
+            if job is None or job.is_final:
+                self.watch.discard(job_id)  # final jobs never change again
+            if job is not None:
+                found.append(job)
+        return found
+
+    def _is_news(self, job: JobRecord) -> bool:
+        signature = _signature(job)
+        if self.sent.get(job.id) == signature:
+            return False
+        self.sent[job.id] = signature
+        return True
+
+    def _new_jobs(self, ctx: Context) -> list[JobRecord]:
+        """Jobs newer than the page's newest, among the latest ``PAGE_SIZE`` of its filter.
+
+        The text search is applied here, to those few rows, rather than as a
+        LIKE over the whole store once a second.
+        """
+        f = self.filters
+        rows = ctx.store.list(status=f.status, target=f.target, limit=PAGE_SIZE)
+        top = self.top or 0
+        fresh = [job for job in rows if job.id > top and _found(job, f.search)]
+        if fresh:
+            self.top = max(job.id for job in fresh)
+            for job in fresh:
+                self.sent[job.id] = _signature(job)
+                if not job.is_final and len(self.watch) < MAX_WATCH:
+                    self.watch.add(job.id)
+        return fresh
+
+
+async def list_events(request: Request) -> Response:
+    """Counts, changes of the watched jobs (``watch=1,2,3``) and, with ``top=N``, newer jobs."""
+    dash = dashboard(request)
+    params = request.query_params
+    filters = parse_filters(params)
+    top_text = params.get("top")
+    top = None
+    if top_text is not None:
+        if not (top_text.isascii() and top_text.isdigit()) or int(top_text) > MAX_ID:
+            raise UsageError("top must be a job id")
+        top = int(top_text)
+    watch = ListWatch(dash, filters, _ids(params.get("watch", "")), top)
+    return StreamingResponse(_loop(dash, watch.poll, None), media_type="text/event-stream",
+                             headers=HEADERS)
+
+
+class JobWatch:
+    """One job page's stream: the record, new output, the process's CPU and memory."""
+
+    def __init__(self, job_id: int, offset: int) -> None:
+        self.job_id, self.offset = job_id, offset
+        self.sent: tuple[Any, ...] | None = None
+        self.process = ProcessWatch()
+        self.done = False
+
+    def poll(self, ctx: Context) -> dict[str, Any] | None:
+        job = jobs.get(ctx, self.job_id)
+        text, self.offset, skipped = read_output(ctx.output_dir, job.id, self.offset)
+        stats = self.process.sample(job.pid, job.pid_ctime) if job.owned else None
+        signature = _signature(job)
+        self.done = job.is_final
+        if not text and stats is None and signature == self.sent:
+            return None
+        self.sent = signature
+        return {"job": job.to_dict(), "output": text, "output_skipped": skipped,
+                "offset": self.offset,
+                "process": None if stats is None else {
+                    "pid": stats.pid, "cpu_percent": stats.cpu_percent,
+                    "memory_bytes": stats.memory_bytes, "threads": stats.threads}}
+
+
+async def job_events(request: Request) -> Response:
+    """The job page's live feed; ends (event ``done``) once the job is final."""
+    job_id = job_id_of(request.path_params["job_id"])
+    offset_text = request.query_params.get("offset", "0")
+    offset = int(offset_text) if offset_text.isascii() and offset_text.isdigit() else 0
+    dash = dashboard(request)
+    await dash.run(jobs.get, job_id)  # 404 now rather than inside the stream
+    watch = JobWatch(job_id, min(offset, 2**62))
+    return StreamingResponse(_loop(dash, watch.poll, watch), media_type="text/event-stream",
+                             headers=HEADERS)
+
+
+async def _loop(dash: Dashboard, poll: Any, job: JobWatch | None) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    started = last_sent = time.monotonic()
+    while time.monotonic() - started < STREAM_LIFETIME:
+        payload = await dash.run(poll)
+        now = time.monotonic()
+        if payload is not None:
+            yield message(payload)
+            last_sent = now
+        elif now - last_sent >= HEARTBEAT:
+            yield ": keep-alive\n\n"  # also how a vanished client is noticed
+            last_sent = now
+        if job is not None and job.done:
+            yield message({}, "done")
+            return
+        await anyio.sleep(POLL_INTERVAL)
