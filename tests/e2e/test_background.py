@@ -173,10 +173,11 @@ def test_cap_holds_with_200_quick_submits(project: Project, tmp_path: Path) -> N
 def test_cancel_pending_job_never_runs(project: Project, tmp_path: Path) -> None:
     """A pending job cancelled before its time never runs; cancel again is exit 1."""
     sentinel = tmp_path / "ran"
-    job_id = submit(project, "tests.fixtures:Probe", "mark", str(sentinel), "--delay", "1")
+    job_id = submit(project, "tests.fixtures:Probe", "mark", str(sentinel), "--delay", "3")
     r = project.cli("cancel", str(job_id))
     assert r.returncode == 0, r.stderr
-    time.sleep(2.0)  # past its run_at: proving a negative needs the time to pass
+    # Proving a negative needs the time to pass: wait until well past its run_at.
+    time.sleep(max(0.0, project.job(job_id).run_at + 1.0 - time.time()))
     assert not sentinel.exists()
     assert status(project, job_id)["status"] == "cancelled"
     assert project.cli("cancel", str(job_id)).returncode == 1
