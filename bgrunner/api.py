@@ -13,6 +13,7 @@ from typing import Any
 
 from bgrunner import jobs
 from bgrunner.context import Context
+from bgrunner.errors import JobNotFound
 
 _context: Context | None = None
 _context_pid = -1
@@ -63,7 +64,7 @@ def cancel_job(job_id: str | int) -> bool:
     """True if the job was pending, retrying or running and is now cancelled."""
     try:
         return jobs.cancel(context(), job_id)
-    except jobs.JobNotFound:
+    except JobNotFound:
         return False
 
 

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bgrunner.allowlist import Config
+    from bgrunner.allowlist import Config, RunnerSettings
     from bgrunner.eventlog import EventLog
     from bgrunner.store.base import Store
 
@@ -88,7 +88,7 @@ class Context:
             return EventLog(self.log_dir)
         return EventLog(self.log_dir, max_bytes=runner.log_max_bytes, backups=runner.log_backups)
 
-    def _runner_settings(self):  # type: ignore[no-untyped-def]
+    def _runner_settings(self) -> RunnerSettings | None:
         try:
             return self.config.runner
         except Exception:  # a broken config still gets logs with default rotation

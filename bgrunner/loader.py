@@ -40,7 +40,7 @@ def signature_callable(cls: type, method: str) -> Callable[..., Any]:
     if raw is None:
         raise TargetLoadError(f"class {cls.__qualname__!r} has no method {method!r}")
     if isinstance(raw, staticmethod):
-        return raw.__func__  # type: ignore[no-any-return]
+        return raw.__func__
     if isinstance(raw, classmethod):
         return types.MethodType(raw.__func__, cls)
     if not callable(raw):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 #: Two start times closer than this are the same process (both come from /proc's jiffies).
 START_TIME_TOLERANCE = 0.05
@@ -163,7 +164,7 @@ def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
     return True
 
 
-def _signal_all(procs: list[psutil.Process], sig: int) -> None:  # noqa: F821
+def _signal_all(procs: list[Any], sig: int) -> None:
     import psutil
 
     for p in procs:

@@ -255,7 +255,8 @@ class SQLiteStore(Store):
     def list(self, *, status: str | None = None, target: str | None = None,
              search: str | None = None, before_id: int | None = None,
              limit: int = 50) -> builtins.list[JobRecord]:
-        where, args = [], []
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         if status:
             where.append("status = ?")
             args.append(status)
@@ -399,7 +400,7 @@ class SQLiteStore(Store):
         rows = self.conn.execute(
             "SELECT finished_at, finished_at - started_at, status FROM jobs"
             " WHERE finished_at >= ? ORDER BY finished_at", (since,)).fetchall()
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def add_audit(self, *, actor: str, action: str, job_id: int | None, detail: str | None,
                   address: str | None, now: float) -> int:
