@@ -69,7 +69,7 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 
 def _utc_timestamp() -> str:
     """Now as ISO 8601 UTC with microseconds and a ``Z``: ``2024-05-01T12:00:00.123456Z``."""
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % (nanos // 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
 
 
 def _safe_value(value: Any) -> Any:
