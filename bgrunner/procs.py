@@ -31,6 +31,16 @@ def _linux_boot_time() -> float:
     return _boot_time
 
 
+def _linux_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
 def start_time(pid: int) -> float | None:
     """The process's start time as psutil's ``create_time()`` gives it, or None if it is gone.
 
@@ -38,13 +48,8 @@ def start_time(pid: int) -> float | None:
     path does not pay psutil's import; elsewhere it asks psutil.
     """
     if sys.platform.startswith("linux"):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        fields = data[data.rindex(b")") + 2:].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
+        fields = _linux_stat(pid)
+        return None if fields is None else _start_from(fields)
     import psutil
 
     try:
@@ -53,32 +58,30 @@ def start_time(pid: int) -> float | None:
         return None
 
 
+def _start_from(fields: list[bytes]) -> float:
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
+
+
 def is_alive(pid: int | None, recorded_start: float | None) -> bool:
     """True if ``pid`` is running *and* is the process that was recorded (not a zombie)."""
     if not pid:
         return False
-    now_start = start_time(pid)
-    if now_start is None:
-        return False
-    if recorded_start is not None and abs(now_start - recorded_start) > START_TIME_TOLERANCE:
-        return False
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
     if sys.platform.startswith("linux"):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return True
-        return data[data.rindex(b")") + 2:data.rindex(b")") + 3] in (b"Z", b"X")
-    import psutil
+        fields = _linux_stat(pid)
+        if fields is None or fields[0] in (b"Z", b"X"):
+            return False
+        now_start = _start_from(fields)
+    else:
+        import psutil
 
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return True
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            now_start = proc.create_time()
+        except psutil.Error:
+            return False
+    return recorded_start is None or abs(now_start - recorded_start) <= START_TIME_TOLERANCE
 
 
 def describe_exit(returncode: int) -> str:

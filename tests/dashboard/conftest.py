@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token-0123456789"
 READONLY = "test-readonly-token-9876543210"
@@ -56,14 +58,7 @@ def in_ci() -> bool:
 def poll(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
          what: str = "condition") -> Any:
     """Call ``condition`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(condition, timeout=timeout, interval=interval, message=what)
 
 
 def clean_environ() -> dict[str, str]:
