@@ -35,7 +35,7 @@ from bgrunner.store.base import (
     decode_json,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bgrunner_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     retry_of INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, run_at, id)
+    WHERE status IN ('pending', 'retrying') AND pid IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_ready_at ON jobs (run_at)
     WHERE status IN ('pending', 'retrying') AND pid IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_target ON jobs (target, id);
@@ -303,7 +305,9 @@ class SQLiteStore(Store):
         )
 
     def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
-        pick = (f"SELECT id FROM jobs WHERE {READY_WHERE} AND run_at <= ?"
+        # INDEXED BY: with many pending jobs the planner prefers jobs_status and sorts every
+        # ready row (~20 ms at 100k); the partial index answers in microseconds.
+        pick = (f"SELECT id FROM jobs INDEXED BY jobs_ready WHERE {READY_WHERE} AND run_at <= ?"
                 " ORDER BY priority DESC, run_at, id LIMIT 1")
         with self._tx() as conn:
             return self._claim_where(conn, pick, (now,), now, cap, host)
@@ -332,7 +336,8 @@ class SQLiteStore(Store):
         return cur.rowcount == 1
 
     def next_run_at(self) -> float | None:
-        row = self.conn.execute(f"SELECT min(run_at) FROM jobs WHERE {READY_WHERE}").fetchone()
+        row = self.conn.execute(
+            f"SELECT min(run_at) FROM jobs INDEXED BY jobs_ready_at WHERE {READY_WHERE}").fetchone()
         return None if row is None else row[0]
 
     def active(self) -> builtins.list[JobRecord]:
