@@ -185,7 +185,7 @@ class RunnerSettings:
 
     max_concurrent: int = 0
     cancel_grace: float = 5.0
-    launch: str = "spawn"
+    launch: str = "fork"
     worker_idle_exit: float = 60.0
     log_max_bytes: int = 10_000_000
     log_backups: int = 5

@@ -59,6 +59,7 @@ class Worker:
         self._stopped_ids: set[int] = set()
         self._idle_since = time.monotonic()
         self.notifications: Any = None
+        self.forkserver: Any = None
 
     # -- main loop -------------------------------------------------------------
     def run(self) -> int:
@@ -78,8 +79,10 @@ class Worker:
             self.notifications = self.ctx.store.listen("bgrunner_jobs", "bgrunner_cancel")
             if self.notifications is not None:
                 self.selector.register(self.notifications, selectors.EVENT_READ, "notify")
+            self._start_forkserver()
             with stop_signals(self.stop):
-                self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst)
+                self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst,
+                              launch="fork" if self.forkserver is not None else "spawn")
                 self._heartbeat(force=True)
                 jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
                 code = self._loop()
@@ -87,6 +90,8 @@ class Worker:
                 self.log.emit("worker_stopped", running=len(self.children))
                 return code
         finally:
+            if self.forkserver is not None:
+                self.forkserver.close()
             if self.notifications is not None:
                 self.notifications.close()
             listener.close()
@@ -143,7 +148,38 @@ class Worker:
         return wait
 
     # -- claiming and launching ------------------------------------------------------
+    def _start_forkserver(self) -> None:
+        """Fork mode (the default where fork() exists): a warm template forks each job."""
+        if self.ctx.config.runner.launch != "fork" or not hasattr(os, "fork"):
+            return
+        from bgrunner.forkserver import ForkServer, ForkServerError
+
+        server = ForkServer(self.ctx)
+        try:
+            server.start()
+        except ForkServerError as exc:
+            self.log.emit("forkserver_failed", level="error", error=str(exc), fallback="spawn")
+            return
+        for note in server.notes:
+            self.log.emit("forkserver_note", level="warning", note=note)
+        self.selector.register(server.fileno(), selectors.EVENT_READ, "forkserver")
+        self.forkserver = server
+
+    def _launch(self, job: Any) -> tuple[Any, int | None]:
+        """Start a claimed job's process: forked by the template, or spawned."""
+        if self.forkserver is not None:
+            from bgrunner.forkserver import launch_job
+
+            return launch_job(self.ctx, self.forkserver, job), None
+        proc = jobs.launch(self.ctx, job, watch=False)
+        pidfd = _pidfd(proc.pid)
+        if pidfd is not None:
+            self.selector.register(pidfd, selectors.EVENT_READ, ("child", proc.pid))
+        return proc, pidfd
+
     def _fill_slots(self) -> int:
+        if self.forkserver is not None and self.forkserver.stale():
+            self._renew_forkserver()
         launched = 0
         cap = self.ctx.config.runner.cap
         while len(self.children) < self.concurrency:
@@ -151,19 +187,40 @@ class Worker:
             if job is None:
                 break
             try:
-                proc = jobs.launch(self.ctx, job, watch=False)
+                proc, pidfd = self._launch(job)  # gives the claim back if it cannot start
             except Exception as exc:
                 self.log.emit("worker_launch_failed", level="error", job_id=str(job.id),
                               error=str(exc))
+                if type(exc.__cause__).__name__ == "ForkServerError":
+                    break  # the template is gone: stale() renews it on the next round
                 continue
-            pidfd = _pidfd(proc.pid)
-            if pidfd is not None:
-                self.selector.register(pidfd, selectors.EVENT_READ, ("child", proc.pid))
             self.children[proc.pid] = Child(proc, job.id, job.attempts, pidfd)
             launched += 1
         return launched
 
+    def _renew_forkserver(self) -> None:
+        """Code or allowlist changed on disk (or max jobs reached): a fresh template."""
+        from bgrunner.forkserver import ForkServerError
+
+        try:
+            self.forkserver.renew()
+            self.log.emit("forkserver_renewed")
+        except ForkServerError as exc:
+            self.log.emit("forkserver_failed", level="error", error=str(exc))
+        self._forget_orphans()
+
+    def _forget_orphans(self) -> None:
+        """Jobs whose template died: no exit will be reported; reconcile (pid + start time) has them."""
+        for pid in self.forkserver.orphans():
+            self.children.pop(pid, None)
+
     def _reap(self) -> None:
+        if self.forkserver is not None:
+            for pid, code in self.forkserver.exits():
+                child = self.children.get(pid)
+                if child is not None:
+                    child.proc.returncode = code
+            self._forget_orphans()
         for pid, child in list(self.children.items()):
             if child.proc.poll() is None:
                 continue

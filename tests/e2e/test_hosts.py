@@ -14,8 +14,17 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import ROOT, Project, wait_until
+
+
+@pytest.fixture(autouse=True, params=["fork", "spawn"])
+def launch_mode(request: pytest.FixtureRequest, project: Project) -> str:
+    """Every test here runs with the workers in both launch modes."""
+    project.write_config(project.config.read_text().replace(
+        "[runner]", f'[runner]\nlaunch = "{request.param}"'))
+    return str(request.param)
 
 
 def start_worker(project: Project, host: str, *args: str) -> subprocess.Popen[bytes]:

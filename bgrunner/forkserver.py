@@ -1,0 +1,668 @@
+"""Fork-server launch mode: job processes forked from a warm template instead of a fresh Python.
+
+``[runner] launch = "fork"``: the worker starts one *template* process
+(``python -m bgrunner.forkserver``), a clean single-threaded interpreter that
+has imported bgrunner, psutil and (if installed) setproctitle once. For each
+claimed job the worker asks it, over a socket, to fork; the child becomes a
+full job process exactly as ``run_job.py --job-id N`` would be: a session of
+its own, stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``,
+the worker's environment and working directory, and then ``run_cli.main`` for
+that job (allowlist read from the file, claim checked, pid and start time
+recorded). Cancellation, timeouts and crash detection are unchanged.
+
+Why a separate template rather than ``os.fork()`` in the worker: the worker may
+hold threads, store connections and selectors; a child forked from it would
+inherit them. The template holds no store connection and no threads, ever.
+
+Staleness. The template runs the code it imported at start. The parent's
+:meth:`ForkServer.stale` says when to renew it: the allowlist file or any
+imported non-stdlib file (bgrunner, psutil, preloaded job modules and what they
+imported) changed on disk, ``max_jobs`` children were forked, or the template
+died. Between a change and the renewal nothing wrong can run: every child reads
+the allowlist from the file again, and a child whose template imported a file
+that has changed since re-executes itself as ``python run_job.py …`` (spawn
+mode, same pid) before running the job.
+
+``preload_jobs`` (default off) also imports the allow-listed job modules in the
+template, so a job skips its own import too. The trade-off: their import-time
+side effects run once, in the template, and are shared by every job (an open
+file, a connection or a thread started at import would be shared or lost
+across fork; a module-level counter no longer starts fresh per job), and an
+edited module is picked up only after a renewal (or by the re-exec fallback,
+at spawn cost). Keep it off unless job modules are import-heavy and fork-safe.
+
+Renewal keeps reports flowing: :meth:`ForkServer.renew` retires the current
+template (it forks no more, reports its running children's exits, and exits
+when they have all ended) and starts a new one. :meth:`ForkServer.close` stops
+every template at once; running jobs keep running and record their own
+outcome, but their exits are no longer reported (``reconcile`` covers them).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from bgrunner.context import Context
+    from bgrunner.store.base import JobRecord
+
+#: Seconds the worker waits for a new template to say it is ready.
+START_TIMEOUT = 30.0
+#: Seconds the worker waits for the template to answer one launch request.
+LAUNCH_TIMEOUT = 10.0
+#: Seconds ``close()`` waits for a template to exit after its socket is closed.
+CLOSE_TIMEOUT = 5.0
+#: Modules every job process needs: imported once in the template.
+WARM_IMPORTS = (
+    "argparse", "ctypes", "json", "shutil", "sqlite3", "tomllib", "traceback", "psutil",
+    "bgrunner", "bgrunner.allowlist", "bgrunner.attempt", "bgrunner.context",
+    "bgrunner.eventlog", "bgrunner.jobs", "bgrunner.launcher", "bgrunner.loader",
+    "bgrunner.params", "bgrunner.procs", "bgrunner.reporting", "bgrunner.retry",
+    "bgrunner.run_cli", "bgrunner.runner", "bgrunner.store", "bgrunner.store.base",
+)
+
+FileStamp = tuple[int, int] | None  # (st_mtime_ns, st_size), None when the file is missing
+
+
+class ForkServerError(RuntimeError):
+    """The template could not be started or did not fork the job (the job was not started)."""
+
+
+def stamp(path: str) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def changed(files: dict[str, FileStamp]) -> list[str]:
+    """The files whose stamp is no longer the recorded one."""
+    return [path for path, old in files.items() if stamp(path) != old]
+
+
+# =============================================================================
+# Parent side: lives in the worker.
+# =============================================================================
+
+@dataclass
+class _Template:
+    """One template process as the parent sees it."""
+
+    tid: int
+    proc: subprocess.Popen[bytes]
+    cmd: socket.socket
+    pid: int = 0
+    files: dict[str, FileStamp] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    launched: int = 0
+    running: set[int] = field(default_factory=set)
+    buffer: bytes = b""
+    broken: bool = False
+
+    def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one request line and read one reply line (the template answers in order)."""
+        try:
+            self.cmd.settimeout(timeout)
+            if message:
+                self.cmd.sendall(json.dumps(message).encode() + b"\n")
+            while b"\n" not in self.buffer:
+                chunk = self.cmd.recv(65536)
+                if not chunk:
+                    raise ForkServerError(f"fork server {self.pid} exited "
+                                          f"(status {self.proc.poll()})")
+                self.buffer += chunk
+        except (OSError, ValueError) as exc:  # timeout, broken pipe, closed socket
+            self.broken = True
+            raise ForkServerError(f"fork server {self.pid or self.proc.pid}: {exc}") from exc
+        except ForkServerError:
+            self.broken = True
+            raise
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def alive(self) -> bool:
+        return not self.broken and self.proc.poll() is None
+
+
+class ForkServer:
+    """Parent-side handle of the fork server (lives in the worker).
+
+    Not thread-safe: one thread (the worker's loop) calls it. ``fileno()``
+    stays the same across ``renew()``, so it is registered with a selector once.
+    """
+
+    def __init__(self, ctx: Context, *, preload_jobs: bool = False, max_jobs: int = 10_000) -> None:
+        self.ctx = ctx
+        self.preload_jobs = preload_jobs
+        self.max_jobs = max(1, max_jobs)
+        # One datagram socket receives the exit reports of every template (current and retired).
+        self._events, self._events_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._events.setblocking(False)
+        self._current: _Template | None = None
+        self._retired: list[_Template] = []
+        self._by_tid: dict[int, _Template] = {}
+        self._next_tid = 1
+        self._orphans: list[int] = []
+        self._closed = False
+
+    def __enter__(self) -> ForkServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Start the template and wait until it has imported everything and is ready."""
+        if self._closed:
+            raise ForkServerError("this fork server was closed")
+        if self._current is None:
+            self._current = self._start_template()
+
+    def _start_template(self) -> _Template:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        tid, self._next_tid = self._next_tid, self._next_tid + 1
+        command = [sys.executable, "-m", "bgrunner.forkserver", "--fd", str(theirs.fileno()),
+                   "--events-fd", str(self._events_child.fileno()), "--tid", str(tid),
+                   "--parent", str(os.getpid())]
+        if self.preload_jobs:
+            command.append("--preload-jobs")
+        try:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    env=self.ctx.child_env(), close_fds=True,
+                                    pass_fds=(theirs.fileno(), self._events_child.fileno()))
+        except OSError as exc:
+            mine.close()
+            raise ForkServerError(f"cannot start the fork server: {exc}") from exc
+        finally:
+            theirs.close()
+        template = _Template(tid, proc, mine)
+        try:
+            hello = template.request({}, START_TIMEOUT)
+        except ForkServerError:
+            self._stop(template, kill=True)
+            raise
+        template.pid = int(hello["pid"])
+        template.files = {path: (s[0], s[1]) if s is not None else None
+                          for path, s in hello["files"].items()}
+        template.notes = list(hello.get("notes") or [])
+        self._by_tid[tid] = template
+        return template
+
+    def renew(self) -> None:
+        """Retire the current template (it reports its running children, then exits); start anew."""
+        old = self._current
+        self._current = None
+        if old is not None:
+            if old.running and old.alive():
+                try:
+                    old.request({"op": "retire"}, LAUNCH_TIMEOUT)
+                    self._retired.append(old)
+                except ForkServerError:
+                    self._bury(old)
+            else:
+                self._bury(old)
+        self.start()
+
+    def close(self) -> None:
+        """Stop every template. Running jobs are not killed; their exits go unreported."""
+        if self._closed:
+            return
+        self._closed = True
+        for template in [t for t in [self._current, *self._retired] if t is not None]:
+            self._stop(template, kill=False)
+            self._orphans.extend(template.running)
+        self._current, self._retired = None, []
+        self._events.close()
+        self._events_child.close()
+
+    def _stop(self, template: _Template, *, kill: bool) -> None:
+        template.cmd.close()  # EOF: the template exits without touching its children
+        if kill:
+            template.proc.kill()
+        try:
+            template.proc.wait(CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            template.proc.kill()
+            template.proc.wait()
+        self._by_tid.pop(template.tid, None)
+
+    def _bury(self, template: _Template) -> None:
+        """A template that will report nothing more: what it still ran becomes an orphan."""
+        self._stop(template, kill=False)
+        self._orphans.extend(template.running)
+        template.running.clear()
+
+    # -- launching -----------------------------------------------------------------
+    def launch(self, job_id: int, target: str, method: str, attempt: int) -> int:
+        """Fork the job's process from the template; its pid. One round trip over the socket.
+
+        Raises ForkServerError if the template is gone or could not fork (the
+        job was not started: give the claim back).
+        """
+        template = self._current
+        if template is None:
+            raise ForkServerError("the fork server is not started")
+        reply = template.request({"op": "launch", "job_id": job_id, "target": target,
+                                  "method": method, "attempt": attempt}, LAUNCH_TIMEOUT)
+        if "error" in reply:
+            raise ForkServerError(f"fork server could not start job {job_id}: {reply['error']}")
+        pid = int(reply["pid"])
+        template.launched += 1
+        template.running.add(pid)
+        return pid
+
+    def fileno(self) -> int:
+        """Readable when a template has reported child exits (call :meth:`exits`)."""
+        return self._events.fileno()
+
+    def exits(self) -> list[tuple[int, int]]:
+        """``(pid, returncode)`` of children that ended since the last call.
+
+        The return code reads as ``subprocess`` gives it: the exit status, or
+        ``-N`` for a process killed by signal N.
+        """
+        if self._closed:
+            return []
+        dead = [t for t in self._retired if t.proc.poll() is not None]
+        out: list[tuple[int, int]] = []
+        while True:
+            try:
+                data = self._events.recv(256)
+            except (BlockingIOError, InterruptedError):
+                break
+            tid, pid, code = (int(x) for x in data.split())
+            template = self._by_tid.get(tid)
+            if template is not None:
+                template.running.discard(pid)
+            out.append((pid, code))
+        for template in dead:  # every report a template sent precedes its exit
+            self._retired.remove(template)
+            self._bury(template)
+        return out
+
+    def orphans(self) -> list[int]:
+        """Pids of jobs whose exit will never be reported (their template died or was closed).
+
+        They run on, detached; the worker should stop tracking them and leave
+        them to ``jobs.reconcile`` (pid and start time). Cleared by the call.
+        """
+        if self._current is not None and not self._current.alive():
+            self._bury(self._current)
+            self._current = None
+        out, self._orphans = self._orphans, []
+        return out
+
+    def running(self) -> int:
+        """Children forked and not yet reported, over every template."""
+        templates = [t for t in [self._current, *self._retired] if t is not None]
+        return sum(len(t.running) for t in templates)
+
+    # -- freshness -----------------------------------------------------------------
+    def stale(self) -> bool:
+        """True when the template should be renewed (see the module docstring)."""
+        template = self._current
+        if template is None or not template.alive():
+            return True
+        if template.launched >= self.max_jobs:
+            return True
+        return bool(changed(template.files))
+
+    @property
+    def pid(self) -> int | None:
+        """The current template's pid."""
+        return None if self._current is None else self._current.pid
+
+    @property
+    def notes(self) -> list[str]:
+        """Warnings from the current template's start (a preloaded module failed or started threads)."""
+        return [] if self._current is None else list(self._current.notes)
+
+
+class ForkedProcess:
+    """A forked job as the worker tracks it: the parts of ``Popen`` the worker uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+def launch_job(ctx: Context, server: ForkServer, job: JobRecord) -> ForkedProcess:
+    """``jobs.launch`` for fork mode: fork the claimed job, record its process; unclaim on failure."""
+    from bgrunner import procs
+    from bgrunner.errors import UsageError
+
+    try:
+        pid = server.launch(job.id, job.target, job.method, job.attempts)
+    except ForkServerError as exc:
+        ctx.store.unclaim(job.id, job.attempts)
+        raise UsageError(f"cannot start job {job.id}: {exc}") from exc
+    started = procs.start_time(pid)
+    if started is not None:
+        ctx.store.set_process(job.id, job.attempts, pid=pid, pid_ctime=started)
+    return ForkedProcess(pid)
+
+
+# =============================================================================
+# The template: ``python -m bgrunner.forkserver --fd N --events-fd M --tid T``.
+# =============================================================================
+
+class Template:
+    """The single-threaded process that forks job processes and reaps them."""
+
+    def __init__(self, cmd: socket.socket, events: socket.socket, tid: int) -> None:
+        self.cmd, self.events, self.tid = cmd, events, tid
+        self.children: dict[int, int] = {}  # pid -> job id
+        self.pending: list[bytes] = []      # exit reports the worker has not taken yet
+        self.retired = False
+        self.files: dict[str, FileStamp] = {}
+        self.code_files: dict[str, FileStamp] = {}
+        self.notes: list[str] = []
+        self.initial_signals = {s: signal.getsignal(s) for s in _RESET_SIGNALS}
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector = selectors.DefaultSelector()
+        self.ctx: Any = None
+
+    # -- start -------------------------------------------------------------------------
+    def warm_up(self, preload_jobs: bool) -> None:
+        """Import what every job needs (and, optionally, the job modules); note what was read."""
+        from bgrunner.context import Context
+
+        self.ctx = Context.resolve()
+        self.files[self.ctx.config_path] = stamp(self.ctx.config_path)
+        store = "postgres" if self.ctx.database_url.startswith("postgres") else "sqlite"
+        for name in (*WARM_IMPORTS, f"bgrunner.store.{store}", "setproctitle"):
+            self._try_import(name)  # warmth only: a job imports what is missing itself
+        if preload_jobs:
+            self._preload_jobs()
+        self._stamp_modules()
+        # The allowlist is read again by every job; only imported code calls for a re-exec.
+        self.code_files = {p: s for p, s in self.files.items() if p != self.ctx.config_path}
+        if _thread_count() > 1:
+            self.notes.append("a preloaded module started a thread: forking is not safe")
+
+    def _try_import(self, name: str) -> None:
+        import importlib
+
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            if name != "setproctitle":
+                self.notes.append(f"{name} not preloaded: {exc}")
+
+    def _preload_jobs(self) -> None:
+        """Import the allow-listed modules, each file stamped *before* it is read."""
+        import importlib
+        import importlib.util
+
+        try:
+            specs = self.ctx.config.jobs.values()
+        except Exception as exc:  # a broken allowlist: the jobs will report it themselves
+            self.notes.append(f"allowlist not read, no job module preloaded: {exc}")
+            return
+        for module in dict.fromkeys(spec.module for spec in specs):
+            try:
+                found = importlib.util.find_spec(module)
+                if found is not None and found.origin and os.path.isfile(found.origin):
+                    self.files[found.origin] = stamp(found.origin)
+                importlib.import_module(module)
+            except BaseException as exc:  # noqa: BLE001 - a broken job module must not stop the template
+                self.notes.append(f"job module {module} not preloaded: {type(exc).__name__}: {exc}")
+
+    def _stamp_modules(self) -> None:
+        """Stamp every imported file outside the standard library (bgrunner, psutil, jobs)."""
+        import sysconfig
+
+        paths = sysconfig.get_paths()
+        stdlib = tuple(os.path.join(paths[k], "") for k in ("stdlib", "platstdlib"))
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str) and os.path.isfile(path) and not path.startswith(stdlib):
+                self.files.setdefault(path, stamp(path))
+
+    # -- loop ---------------------------------------------------------------------------
+    def serve(self) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to handle
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, _on_sigchld)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.events.setblocking(False)
+        self.selector.register(self.cmd, selectors.EVENT_READ, "cmd")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "chld")
+        self._send_line({"pid": os.getpid(), "files": self.files, "notes": self.notes})
+        gc.collect()
+        gc.freeze()  # children then share these pages instead of copying them on the next GC
+        buffer = b""
+        while True:
+            for key, mask in self.selector.select(timeout=5.0):
+                if key.data == "cmd":
+                    chunk = self.cmd.recv(65536)
+                    if not chunk:
+                        return 0  # the worker is gone: leave the jobs running, exit
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        self._handle(json.loads(line))
+                elif key.data == "chld":
+                    _drain(self.wake_r)
+                elif key.data == "events" and mask & selectors.EVENT_WRITE:
+                    pass  # flushed below
+            self._reap()
+            if not self._flush() or (self.retired and not self.children and not self.pending):
+                return 0
+
+    def _handle(self, request: dict[str, Any]) -> None:
+        if request.get("op") == "retire":
+            self.retired = True
+            self._send_line({"ok": True})
+            return
+        if self.retired:
+            self._send_line({"error": "this fork server is retired"})
+            return
+        try:
+            pid = self._fork(request)
+        except OSError as exc:
+            self._send_line({"error": str(exc)})
+            return
+        self.children[pid] = int(request["job_id"])
+        self._send_line({"pid": pid})
+
+    def _send_line(self, message: dict[str, Any]) -> None:
+        self.cmd.sendall(json.dumps(message).encode() + b"\n")
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if self.children.pop(pid, None) is not None:
+                code = os.waitstatus_to_exitcode(status)
+                self.pending.append(f"{self.tid} {pid} {code}".encode())
+
+    def _flush(self) -> bool:
+        """Send the pending exit reports; False when the worker is gone."""
+        while self.pending:
+            try:
+                self.events.send(self.pending[0])
+            except (BlockingIOError, InterruptedError):
+                break  # the worker is behind: keep them, retry when the socket is writable
+            except OSError:
+                return False
+            self.pending.pop(0)
+        registered = "events" in {k.data for k in self.selector.get_map().values()}
+        if self.pending and not registered:
+            self.selector.register(self.events, selectors.EVENT_WRITE, "events")
+        elif not self.pending and registered:
+            self.selector.unregister(self.events)
+        return True
+
+    # -- the child ------------------------------------------------------------------------
+    def _fork(self, request: dict[str, Any]) -> int:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            self._child(int(request["job_id"]), str(request["target"]), str(request["method"]))
+        return pid
+
+    def _child(self, job_id: int, target: str, method: str) -> NoReturn:
+        """Become the job's process and run it as ``run_job.py … --job-id N`` would."""
+        code = 1
+        try:
+            os.setsid()
+            self._leave_template()
+            argv = [target, method, "--job-id", str(job_id)]
+            _redirect_output(self.ctx.output_dir, job_id)
+            _set_title(f"bgrunner job {job_id} {target}.{method}")
+            import random
+
+            random.seed()
+            if changed(self.code_files):  # imported code edited since the template read it
+                _exec_spawn_mode(argv)
+            sys.argv = ["run_job.py", *argv]
+            from bgrunner.run_cli import main
+
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001 - whatever happens, this process must end here
+            try:
+                import traceback
+
+                traceback.print_exc()
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            _finish(code)
+
+    def _leave_template(self) -> None:
+        """Drop everything of the template: its sockets, its SIGCHLD handling, its signal setup."""
+        signal.set_wakeup_fd(-1)
+        for sig, handler in self.initial_signals.items():
+            signal.signal(sig, handler)
+        self.selector.close()
+        self.cmd.close()
+        self.events.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+#: Signals whose disposition the template changes; a child gets the interpreter's defaults back.
+_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
+
+
+def _on_sigchld(signum: int, frame: Any) -> None:
+    """Only wakes the loop (the wake-up fd carries the news); reaping happens there."""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _thread_count() -> int:
+    if "threading" not in sys.modules:
+        return 1
+    import threading
+
+    return threading.active_count()
+
+
+def _redirect_output(output_dir: str, job_id: int) -> None:
+    """stdin from /dev/null; stdout and stderr appended to the job's output file."""
+    from bgrunner.launcher import open_output
+
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = open_output(output_dir, job_id)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def _exec_spawn_mode(argv: list[str]) -> NoReturn:
+    """Replace this process with a fresh ``run_job.py`` (same pid, session and output)."""
+    from bgrunner.launcher import job_command
+
+    command = job_command(argv[0], argv[1], int(argv[3]))
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os.execv(command[0], command)
+
+
+def _finish(code: int) -> NoReturn:
+    """End the job's process as an interpreter exit would: atexit, flush, then leave."""
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(code if 0 <= code <= 255 else 1)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bgrunner.forkserver",
+                                     description="bgrunner's fork server (started by the worker)")
+    parser.add_argument("--fd", type=int, required=True, help="request socket")
+    parser.add_argument("--events-fd", type=int, required=True, help="exit-report socket")
+    parser.add_argument("--tid", type=int, default=1)
+    parser.add_argument("--parent", type=int, default=0)
+    parser.add_argument("--preload-jobs", action="store_true")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if sys.path[0] != os.getcwd():
+        sys.path.insert(0, os.getcwd())  # as run_job.py: job modules are relative to the cwd
+    cmd = socket.socket(fileno=args.fd)
+    events = socket.socket(fileno=args.events_fd)
+    template = Template(cmd, events, args.tid)
+    template.warm_up(args.preload_jobs)
+    _set_title(f"bgrunner forkserver (worker {args.parent})")
+    return template.serve()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
