@@ -73,6 +73,24 @@ class Context:
 
         return load_config(self.config_path)
 
+    def adopt_config(self, raw: bytes, config: Config) -> bool:
+        """Use ``config``, parsed from ``raw`` earlier, if the file still holds exactly ``raw``.
+
+        For processes forked from a warm template: the file is read again (so the
+        allowlist checked is the one on disk now), only the parsing is skipped.
+        """
+        if "config" in self.__dict__:
+            return False
+        try:
+            with open(self.config_path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return False  # load_config reports it
+        if data != raw:
+            return False
+        self.__dict__["config"] = config
+        return True
+
     @cached_property
     def store(self) -> Store:
         from bgrunner.store import open_store

@@ -38,6 +38,7 @@ class Template:
         os.set_blocking(self.wake_w, False)
         self.selector = selectors.DefaultSelector()
         self.ctx: Any = None
+        self.config_cache: tuple[bytes, Any] | None = None
 
     # -- start -------------------------------------------------------------------------
     def warm_up(self, preload_jobs: bool) -> None:
@@ -46,6 +47,7 @@ class Template:
 
         self.ctx = Context.resolve()
         self.files[self.ctx.config_path] = stamp(self.ctx.config_path)
+        self._parse_config()
         store = "postgres" if self.ctx.database_url.startswith("postgres") else "sqlite"
         for name in (*WARM_IMPORTS, f"bgrunner.store.{store}", "setproctitle"):
             self._try_import(name)  # warmth only: a job imports what is missing itself
@@ -56,6 +58,17 @@ class Template:
         self.code_files = {p: s for p, s in self.files.items() if p != self.ctx.config_path}
         if _thread_count() > 1:
             self.notes.append("a preloaded module started a thread: forking is not safe")
+
+    def _parse_config(self) -> None:
+        """Parse the allowlist once; a child uses it only if the file still holds these bytes."""
+        from bgrunner.allowlist import parse_config
+
+        try:
+            with open(self.ctx.config_path, "rb") as fh:
+                raw = fh.read()
+            self.config_cache = (raw, parse_config(raw.decode("utf-8"), self.ctx.config_path))
+        except Exception:  # noqa: BLE001 - unreadable or invalid: each job reports it itself
+            self.config_cache = None
 
     def _try_import(self, name: str) -> None:
         import importlib
@@ -201,9 +214,13 @@ class Template:
             if changed(self.code_files):  # imported code edited since the template read it
                 _exec_spawn_mode(argv)
             sys.argv = ["run_job.py", *argv]
-            from bgrunner.run_cli import main
+            from bgrunner.context import Context
+            from bgrunner.run_cli import main_queued
 
-            code = main(argv)
+            ctx = Context.resolve()
+            if self.config_cache is not None:
+                ctx.adopt_config(*self.config_cache)
+            code = main_queued(ctx, target, method, job_id)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:  # noqa: BLE001 - whatever happens, this process must end here

@@ -253,14 +253,15 @@ def stop_process(ctx: Context, job: JobRecord, *, wait: bool = True) -> None:
     """SIGTERM the job's tree, SIGKILL what is left after the grace (in a thread if not waiting)."""
     if not procs.is_alive(job.pid, job.pid_ctime):
         return
-    grace = ctx.config.runner.cancel_grace
+    kwargs: dict[str, Any] = {"grace": ctx.config.runner.cancel_grace,
+                              "root_extra": procs.SUPERVISOR_EXTRA_GRACE}
     if wait:
-        procs.kill_tree(job.pid or 0, job.pid_ctime, grace=grace)
+        procs.kill_tree(job.pid or 0, job.pid_ctime, **kwargs)
         return
     import threading
 
     threading.Thread(target=procs.kill_tree, args=(job.pid or 0, job.pid_ctime),
-                     kwargs={"grace": grace}, daemon=True).start()
+                     kwargs=kwargs, daemon=True).start()
 
 
 def wait_for(ctx: Context, job_id: int | str, timeout: float | None = None,

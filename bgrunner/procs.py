@@ -132,14 +132,20 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
+#: A job's supervisor, once its descendants are dead, gets this long to record its end and
+#: exit before it is killed too (see ``kill_tree(root_extra=...)``).
+SUPERVISOR_EXTRA_GRACE = 3.0
+
+
 def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
-              include_root: bool = True, poll: float = 0.02) -> bool:
+              include_root: bool = True, root_extra: float = 0.0) -> bool:
     """SIGTERM a process and all its descendants, then SIGKILL what is left after ``grace``.
 
     The tree is collected with psutil *before* any signal (children re-parent
-    once their parent dies). Each process group found is signalled too, so a
-    job's own children that share its group are reached. Processes already gone
-    count as success. Returns False only if the root is not the recorded process.
+    once their parent dies). ``root_extra``: a root that outlives the grace
+    gets this much longer (a supervisor records the end once its children are
+    dead) before it is killed too. Processes already gone count as success.
+    Returns False only if the root is not the recorded process.
     """
     import psutil
 
@@ -147,16 +153,16 @@ def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
         root = psutil.Process(pid)
         if recorded_start is not None and abs(root.create_time() - recorded_start) > START_TIME_TOLERANCE:
             return False
-        procs = root.children(recursive=True)
+        targets = root.children(recursive=True) + ([root] if include_root else [])
     except psutil.NoSuchProcess:
         return True
-    if include_root:
-        procs.append(root)
-    _signal_all(procs, signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=grace) if grace > 0 else ([], procs)
+    _signal_all(targets, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(targets, timeout=grace) if grace > 0 else ([], targets)
+    root_alive = [p for p in alive if p.pid == root.pid]
+    alive = [p for p in alive if p.pid != root.pid]
     if alive:
         # Grandchildren born during the grace period are collected again.
-        more: list[psutil.Process] = []
+        more: list[Any] = []
         for p in alive:
             try:
                 more.extend(p.children(recursive=True))
@@ -164,6 +170,10 @@ def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
                 pass
         _signal_all(alive + more, signal.SIGKILL)
         psutil.wait_procs(alive + more, timeout=5)
+    if root_alive:
+        _gone, root_alive = psutil.wait_procs(root_alive, timeout=root_extra)
+        _signal_all(root_alive, signal.SIGKILL)
+        psutil.wait_procs(root_alive, timeout=5)
     return True
 
 

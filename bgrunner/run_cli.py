@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from bgrunner.errors import JobError, NotAllowedError, UsageError
@@ -81,6 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     from bgrunner.context import Context
 
     ctx = Context.resolve(args.config, args.log_dir, args.database_url)
+    return _run(ctx, args)
+
+
+def main_queued(ctx: Any, target: str, method: str, job_id: int) -> int:
+    """``main([target, method, "--job-id", N])`` without parsing a command line.
+
+    For the fork server's children (argparse costs a job process ~1-2 ms): the
+    arguments are the ones the worker sent, and ``ctx`` is resolved from the
+    same environment a ``run_job.py`` child would read.
+    """
+    args = argparse.Namespace(target=target, method=method, params=None, json_params=None,
+                              max_attempts=None, retry_delay=None, timeout=None, job_id=job_id,
+                              config=None, log_dir=None, database_url=None)
+    return _run(ctx, args)
+
+
+def _run(ctx: Any, args: argparse.Namespace) -> int:
     try:
         if args.job_id is not None:
             return run_queued(ctx, args)
@@ -165,10 +183,15 @@ def run_queued(ctx: Any, args: argparse.Namespace) -> int:
     if (job.target, job.method) != (args.target, args.method):
         raise UsageError(f"job {job.id} is {job.target} {job.method}, not {args.target} {args.method}")
     pid = os.getpid()
-    if job.status != "running" or not ctx.store.set_process(
-            job.id, job.attempts, pid=pid, pid_ctime=procs.start_time(pid) or 0.0):
+    started = procs.start_time(pid) or 0.0
+    # A fork-mode worker usually has recorded this process already: then the row says what
+    # set_process would write, and the write is skipped.
+    recorded = job.status == "running" and job.pid == pid and job.pid_ctime == started
+    if not recorded and (job.status != "running" or not ctx.store.set_process(
+            job.id, job.attempts, pid=pid, pid_ctime=started)):
         current = ctx.store.get(job.id)
         return EXIT_CANCELLED if current is not None and current.status == "cancelled" else 0
+    job = replace(job, pid=pid, pid_ctime=started)
     os.environ["BGRUNNER_JOB_ID"] = str(job.id)
     try:
         spec = ctx.config.check(job.target, job.method)
@@ -182,7 +205,6 @@ def run_queued(ctx: Any, args: argparse.Namespace) -> int:
         fail_unstarted(ctx, job, exc, outcome="invalid_params" if isinstance(exc, ParamsError)
                        else "load_error")
         return 2 if isinstance(exc, ParamsError) else EXIT_FAILED
-    job = ctx.store.get(job.id)
     return Supervisor(ctx, spec, cls, job, call_args, call_kwargs, foreground=False).run()
 
 

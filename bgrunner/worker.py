@@ -101,10 +101,13 @@ class Worker:
         while True:
             if self.stop.signum is not None:
                 return self._shutdown()
+            # Start what is ready first: the periodic checks below are all due after an idle
+            # spell, and running them before the claim would delay the job's start.
+            launched = self._fill_slots()
             self._maybe_reconcile()
             self._heartbeat()
             self._stop_cancelled()
-            if self._fill_slots() == 0 and self._done():
+            if launched == 0 and self._done():
                 return 0
             timeout = self._sleep_time()
             self._wait(timeout)
