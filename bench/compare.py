@@ -11,9 +11,8 @@ Rows (each bounded in time; ``--quick`` uses smaller counts):
 - worker RSS, and the USS of each job's processes while a job runs;
 - the fork server's launch round trip and the spawn launch call it replaces.
 
-Systems: bgrunner fork (``[runner] launch = "fork"``: the real worker if
-``worker.py`` has fork mode, else ``bench/fork_worker.py``), bgrunner spawn
-(``bgrunner worker``), RQ's forking ``Worker`` and ``SimpleWorker`` (Redis
+Systems: bgrunner fork (``bgrunner worker`` with ``[runner] launch = "fork"``),
+bgrunner spawn (``launch = "spawn"``), RQ's forking ``Worker`` and ``SimpleWorker`` (Redis
 127.0.0.1:6379, a dedicated db that is flushed), Huey (``SqliteHuey``,
 ``huey_consumer -w 2 -k process``). Writes the table, machine and versions to
 bench/RESULTS.md.
@@ -134,10 +133,6 @@ def read_stamp(path: Path, timeout: float = 30) -> str:
 
 
 # -- the three systems ------------------------------------------------------------------
-def fork_integrated() -> bool:
-    return "forkserver" in (ROOT / "bgrunner" / "worker.py").read_text()
-
-
 class Bgrunner:
     def __init__(self, launch: str) -> None:
         self.launch = launch
@@ -164,10 +159,7 @@ class Bgrunner:
         return api.configure(autostart=False)
 
     def worker(self, concurrency: int = 2, burst: bool = False) -> subprocess.Popen[bytes]:
-        if self.launch == "fork" and not fork_integrated():
-            cmd = [sys.executable, str(ROOT / "bench" / "fork_worker.py")]
-        else:
-            cmd = [sys.executable, "-m", "bgrunner", "worker"]
+        cmd = [sys.executable, "-m", "bgrunner", "worker"]
         cmd += ["--concurrency", str(concurrency)] + (["--burst"] if burst else [])
         return start(cmd, self.env)
 
@@ -515,8 +507,7 @@ def versions() -> list[str]:
         f"load average (1, 5, 15 min) at start: {LOAD[0]}; at end: {load_average()} "
         "(other processes share the machine: a busy host widens p99s)",
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}",
-        f"bgrunner {bgrunner.__version__} (fork mode via "
-        f"{'bgrunner worker' if fork_integrated() else 'bench/fork_worker.py'}), "
+        f"bgrunner {bgrunner.__version__}, "
         f"rq {rq.__version__}, huey {huey.__version__}, redis-py {redis.__version__}, "
         f"Redis server {server}, psutil {psutil.__version__}",
     ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -298,7 +297,9 @@ class Worker:
                 for child in list(self.children.values()):
                     jobs.cancel(self.ctx, child.job_id, reason="worker stopped (second SIGTERM)",
                                 wait=False)
-                deadline = time.monotonic() + self.ctx.config.runner.cancel_grace + 2
+                # The cancels' kill threads die with this process: wait until they are done.
+                deadline = (time.monotonic() + self.ctx.config.runner.cancel_grace
+                            + procs.SUPERVISOR_EXTRA_GRACE + 2)
                 self.stop.signum = None
         return 0
 
@@ -309,9 +310,3 @@ def _pidfd(pid: int) -> int | None:
     except (AttributeError, OSError):
         return None
 
-
-def default_concurrency(ctx: Context) -> int:
-    return ctx.config.runner.cap
-
-
-__all__ = ["Worker", "default_concurrency", "signal"]

@@ -145,7 +145,7 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]
     """A sandbox on each store: a fresh SQLite file, and a fresh PostgreSQL schema."""
     p = _make_project(request, tmp_path, request.param)
     yield p
-    stop_workers(p)
+    stop_workers(p.database_url)
 
 
 @pytest.fixture
@@ -153,10 +153,10 @@ def sqlite_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[P
     """A sandbox on SQLite only, for tests about processes rather than the store."""
     p = _make_project(request, tmp_path, "sqlite")
     yield p
-    stop_workers(p)
+    stop_workers(p.database_url)
 
 
-def stop_workers(p: Project) -> None:
+def stop_workers(database_url: str) -> None:
     """Stop any worker a test left running for this store (auto-started ones included)."""
     import psutil
 
@@ -166,7 +166,7 @@ def stop_workers(p: Project) -> None:
             env = proc.info["environ"] or {}
         except (psutil.Error, KeyError):
             continue
-        if "bgrunner" in cmd and "worker" in cmd and env.get("BGRUNNER_DATABASE_URL") == p.database_url:
+        if "bgrunner" in cmd and "worker" in cmd and env.get("BGRUNNER_DATABASE_URL") == database_url:
             try:
                 proc.kill()
             except psutil.Error:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import stop_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token-0123456789"
@@ -165,22 +165,6 @@ def form_value(html: str, name: str) -> str:
     assert found, f"no {name} in the page"
     return found.group(1)
 
-
-def stop_workers(database_url: str) -> None:
-    """Stop any worker auto-started for this store (a delayed job starts one)."""
-    import psutil
-
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            cmd = proc.info["cmdline"] or []
-            env = proc.info["environ"] or {}
-        except (psutil.Error, KeyError):
-            continue
-        if "worker" in cmd and env.get("BGRUNNER_DATABASE_URL") == database_url:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
 
 
 def start_server(root: Path, extra_env: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -45,9 +45,9 @@ def test_line_has_required_keys_in_order(tmp_path: pathlib.Path) -> None:
 def test_timestamp_is_utc_iso8601_with_microseconds_and_z(tmp_path: pathlib.Path) -> None:
     """The timestamp ends in Z, has 6 fraction digits and parses as the current UTC time."""
     log = EventLog(tmp_path)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     log.emit("job_started")
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     stamp = lines_of(tmp_path / MAIN_LOG)[0]["timestamp"]
     assert stamp.endswith("Z") and len(stamp.split(".")[1]) == len("123456Z")
     parsed = datetime.fromisoformat(stamp)
@@ -142,7 +142,7 @@ def test_unserialisable_values_are_written_as_strings(tmp_path: pathlib.Path) ->
             raise RuntimeError("no")
 
     log = EventLog(tmp_path)
-    log.emit("a", path=pathlib.Path("/x/y"), when=datetime(2024, 1, 2, tzinfo=timezone.utc))
+    log.emit("a", path=pathlib.Path("/x/y"), when=datetime(2024, 1, 2, tzinfo=UTC))
     log.emit("b", nan=math.nan, cycle=cycle, keys={(1, 2): "tuple key"}, odd=Odd(), ok=1)
     first, second = lines_of(tmp_path / MAIN_LOG)
     assert first["path"] == "/x/y"
