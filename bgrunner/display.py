@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -95,7 +96,7 @@ def read_log_lines(path: str, *, job_id: str | None,
     wanted = None if job_id is None else str(job_id)
     rotated = [p for p in log_files(path) if p != path]
     lines = (line for p in rotated for line in follow_file(p, follow=False))
-    for line in _chain(lines, follow_file(path, follow=follow)):
+    for line in itertools.chain(lines, follow_file(path, follow=follow)):
         line = line.rstrip("\n")
         try:
             event = json.loads(line)
@@ -106,11 +107,6 @@ def read_log_lines(path: str, *, job_id: str | None,
         if wanted is not None and str(event.get("job_id")) != wanted:
             continue
         yield line, event
-
-
-def _chain(*iterables: Iterator[str]) -> Iterator[str]:
-    for iterable in iterables:
-        yield from iterable
 
 
 def allowed_jobs_text(config: Any) -> str:

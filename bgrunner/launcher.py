@@ -98,10 +98,6 @@ class Reaper:
                 self._thread.start()
         os.write(self._wake_w, b"\0")
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._children)
-
     def _loop(self) -> None:
         while True:
             events = self._selector.select(timeout=0.5)
