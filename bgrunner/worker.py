@@ -130,6 +130,8 @@ class Worker:
             self._idle_since = time.monotonic()
             return False
         if self.burst:
+            if any(j.pid is None and j.host == self.host for j in self.ctx.store.active()):
+                return False  # claimed here but never started (a killed worker): reconcile returns it
             nxt = self.ctx.store.next_run_at()
             return nxt is None or nxt > time.time()
         if self.idle_exit is not None:
