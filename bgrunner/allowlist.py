@@ -77,6 +77,13 @@ def _seconds(value: object) -> float:
     return float(value)
 
 
+def _boolean(value: object) -> bool:
+    """Checker for true or false (TOML booleans only; no 0/1 or strings)."""
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_show(value)}")
+    return value
+
+
 def _one_of(*options: str) -> Callable[[object], str]:
     """Checker for a string among a fixed set."""
 
@@ -121,6 +128,7 @@ _RUNNER_CHECKS: dict[str, Callable[[object], object]] = {
     "max_concurrent": _int_at_least(0),
     "cancel_grace": _seconds,
     "launch": _one_of(*LAUNCH_METHODS),
+    "preload_jobs": _boolean,
     "worker_idle_exit": _seconds,
     "log_max_bytes": _int_at_least(0),
     "log_backups": _int_at_least(0),
@@ -186,6 +194,7 @@ class RunnerSettings:
     max_concurrent: int = 0
     cancel_grace: float = 5.0
     launch: str = "fork"
+    preload_jobs: bool = False  # fork mode: the template imports the allow-listed modules too
     worker_idle_exit: float = 60.0
     log_max_bytes: int = 10_000_000
     log_backups: int = 5

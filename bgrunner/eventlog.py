@@ -379,6 +379,16 @@ class EventLog:
         except Exception:  # logging must never break a job
             pass
 
+    def prepare(self) -> None:
+        """Open the main file now, not at the first line (a fork-server spare, before its job)."""
+        sink = self._sink
+        try:
+            with sink.lock:
+                if not sink.disabled:
+                    sink._current(sink.main)
+        except OSError:
+            pass  # the first emit reports it
+
     def close(self) -> None:
         """Close the files (of every view). A later :meth:`emit` opens them again."""
         self._sink.close()

@@ -2,13 +2,17 @@
 
 ``[runner] launch = "fork"``: the worker starts one *template* process
 (``python -m bgrunner.forktemplate``), a clean single-threaded interpreter that
-has imported bgrunner, psutil and (if installed) setproctitle once. For each
-claimed job the worker asks it, over a socket, to fork; the child becomes a
-full job process exactly as ``run_job.py --job-id N`` would be: a session of
-its own, stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``,
-the worker's environment and working directory, and then ``run_cli.main`` for
-that job (allowlist read from the file, claim checked, pid and start time
-recorded). Cancellation, timeouts and crash detection are unchanged.
+has imported bgrunner, its store driver and (if installed) setproctitle once
+(not psutil: a job process needs it only to kill a timed-out attempt's tree,
+and its megabyte of heap would make every fork and exit dearer). Each job
+process is forked from it, ahead of its job (see ``bgrunner.forktemplate`` for
+the hand-over: ``hand``, the worker records the pid, ``go``), and becomes a
+full job process as ``run_job.py --job-id N`` would be: a session of its own,
+stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``, the
+worker's environment and working directory, the allowlist read from the file.
+Cancellation and crash detection are unchanged. A job without a timeout runs
+its method in this one process (``runner``, *inline*); one with a timeout forks
+an attempt process, as in spawn mode, so its deadline is enforced from outside.
 
 Why a separate template rather than ``os.fork()`` in the worker: the worker may
 hold threads, store connections and selectors; a child forked from it would
@@ -16,7 +20,7 @@ inherit them. The template holds no store connection and no threads, ever.
 
 Staleness. The template runs the code it imported at start. The parent's
 :meth:`ForkServer.stale` says when to renew it: the allowlist file or any
-imported non-stdlib file (bgrunner, psutil, preloaded job modules and what they
+imported non-stdlib file (bgrunner, setproctitle, preloaded job modules and what they
 imported) changed on disk, ``max_jobs`` children were forked, or the template
 died. Between a change and the renewal nothing wrong can run: every child reads
 the allowlist from the file again, and a child whose template imported a file
@@ -30,6 +34,10 @@ file, a connection or a thread started at import would be shared or lost
 across fork; a module-level counter no longer starts fresh per job), and an
 edited module is picked up only after a renewal (or by the re-exec fallback,
 at spawn cost). Keep it off unless job modules are import-heavy and fork-safe.
+
+Spares (``spares``, the worker passes its concurrency, at most 4): job
+processes the template keeps forked and set up while no job waits, so the fork
+is off the way from submit to start.
 
 Renewal keeps reports flowing: :meth:`ForkServer.renew` retires the current
 template (it forks no more, reports its running children's exits, and exits
@@ -45,7 +53,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,7 +68,7 @@ LAUNCH_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 #: Modules every job process needs: imported once in the template.
 WARM_IMPORTS = (
-    "argparse", "ctypes", "json", "shutil", "sqlite3", "tomllib", "traceback", "psutil",
+    "argparse", "ctypes", "json", "shutil", "sqlite3", "tomllib", "traceback",
     "bgrunner", "bgrunner.allowlist", "bgrunner.attempt", "bgrunner.context",
     "bgrunner.eventlog", "bgrunner.jobs", "bgrunner.launcher", "bgrunner.loader",
     "bgrunner.params", "bgrunner.procs", "bgrunner.reporting", "bgrunner.retry",
@@ -139,9 +147,11 @@ class ForkServer:
     stays the same across ``renew()``, so it is registered with a selector once.
     """
 
-    def __init__(self, ctx: Context, *, preload_jobs: bool = False, max_jobs: int = 10_000) -> None:
+    def __init__(self, ctx: Context, *, preload_jobs: bool = False, max_jobs: int = 10_000,
+                 spares: int = 1) -> None:
         self.ctx = ctx
         self.preload_jobs = preload_jobs
+        self.spares = max(0, spares)
         self.max_jobs = max(1, max_jobs)
         # One datagram socket receives the exit reports of every template (current and retired).
         self._events, self._events_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -173,7 +183,7 @@ class ForkServer:
         tid, self._next_tid = self._next_tid, self._next_tid + 1
         command = [sys.executable, "-m", "bgrunner.forktemplate", "--fd", str(theirs.fileno()),
                    "--events-fd", str(self._events_child.fileno()), "--tid", str(tid),
-                   "--parent", str(os.getpid())]
+                   "--parent", str(os.getpid()), "--spares", str(self.spares)]
         if self.preload_jobs:
             command.append("--preload-jobs")
         try:
@@ -243,23 +253,45 @@ class ForkServer:
         template.running.clear()
 
     # -- launching -----------------------------------------------------------------
-    def launch(self, job_id: int, target: str, method: str, attempt: int) -> int:
-        """Fork the job's process from the template; its pid. One round trip over the socket.
+    def hand(self, job_id: int, target: str, method: str, attempt: int) -> int:
+        """Hand a job to a waiting process (forked now if none waits); its pid.
 
-        Raises ForkServerError if the template is gone or could not fork (the
-        job was not started: give the claim back).
+        The process prepares the job but starts it only after :meth:`go`;
+        record the pid on the job in between (or :meth:`release` it). Raises
+        ForkServerError if the template is gone or could not fork.
         """
+        reply = self._request({"op": "hand", "job_id": job_id, "target": target,
+                               "method": method, "attempt": attempt})
+        return int(reply["pid"])
+
+    def go(self, pid: int) -> None:
+        """Let the process the job was handed to start it."""
+        self._request({"op": "go", "pid": pid})
+        assert self._current is not None
+        self._current.launched += 1
+        self._current.running.add(pid)
+
+    def release(self, pid: int) -> None:
+        """Take a handed job back: the process exits without running anything."""
+        try:
+            self._request({"op": "release", "pid": pid})
+        except ForkServerError:
+            pass  # the template is gone: the process reads EOF and exits all the same
+
+    def launch(self, job_id: int, target: str, method: str, attempt: int) -> int:
+        """:meth:`hand` and :meth:`go` in one call, without recording anything; the pid."""
+        pid = self.hand(job_id, target, method, attempt)
+        self.go(pid)
+        return pid
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         template = self._current
         if template is None:
             raise ForkServerError("the fork server is not started")
-        reply = template.request({"op": "launch", "job_id": job_id, "target": target,
-                                  "method": method, "attempt": attempt}, LAUNCH_TIMEOUT)
+        reply = template.request(message, LAUNCH_TIMEOUT)
         if "error" in reply:
-            raise ForkServerError(f"fork server could not start job {job_id}: {reply['error']}")
-        pid = int(reply["pid"])
-        template.launched += 1
-        template.running.add(pid)
-        return pid
+            raise ForkServerError(f"fork server: {reply['error']}")
+        return reply
 
     def fileno(self) -> int:
         """Readable when a template has reported child exits (call :meth:`exits`)."""
@@ -339,17 +371,39 @@ class ForkedProcess:
         return self.returncode
 
 
-def launch_job(ctx: Context, server: ForkServer, job: JobRecord) -> ForkedProcess:
-    """``jobs.launch`` for fork mode: fork the claimed job, record its process; unclaim on failure."""
+def launch_job(ctx: Context, server: ForkServer, job: JobRecord) -> ForkedProcess | None:
+    """``jobs.launch`` for fork mode: hand the job to a process, record it on the job, start it.
+
+    The pid is on the job before the job starts, so the job process writes
+    nothing before its method runs. None when the job was cancelled since its
+    claim (nothing started). Raises UsageError when no process could be
+    started: unclaimed if none was handed the job, else a failed attempt.
+    """
     from bgrunner import procs
     from bgrunner.errors import UsageError
 
     try:
-        pid = server.launch(job.id, job.target, job.method, job.attempts)
+        pid = server.hand(job.id, job.target, job.method, job.attempts)
     except ForkServerError as exc:
         ctx.store.unclaim(job.id, job.attempts)
         raise UsageError(f"cannot start job {job.id}: {exc}") from exc
     started = procs.start_time(pid)
-    if started is not None:
-        ctx.store.set_process(job.id, job.attempts, pid=pid, pid_ctime=started)
+    if started is not None and not ctx.store.set_process(job.id, job.attempts, pid=pid,
+                                                         pid_ctime=started):
+        server.release(pid)
+        return None  # cancelled (or taken back) since the claim: nothing to start
+    try:
+        if started is None:
+            raise ForkServerError(f"process {pid} is gone")
+        server.go(pid)
+    except ForkServerError as exc:
+        # Its process died while preparing the job (or the template did): a failed attempt,
+        # retried per policy. Unclaiming instead could claim and fail it again forever.
+        from bgrunner.jobs import record_death
+
+        # Recorded first: a process still waiting checks the store when its pipe closes.
+        record_death(ctx, replace(job, pid=pid), f"it died before its start ({exc})",
+                     relaunch=False)
+        server.release(pid)
+        raise UsageError(f"cannot start job {job.id}: {exc}") from exc
     return ForkedProcess(pid)

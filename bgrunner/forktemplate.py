@@ -4,6 +4,27 @@ Started by ``bgrunner.forkserver.ForkServer`` as
 ``python -m bgrunner.forktemplate --fd N --events-fd M --tid T`` (the design is
 described in ``bgrunner.forkserver``). It never opens the job store and never
 starts a thread, so a forked child inherits nothing it must not share.
+
+Every job process is forked *before* its job is known: it gets ready (its
+own session, leaving the template's sockets and signals, a fresh store
+connection, the log file open, the subreaper flag) and blocks reading a pipe.
+A launch is two requests from the worker: ``hand`` (the template writes the job
+to a waiting process, forking one if none waits, and answers with its pid) and,
+once the worker has recorded that pid on the claimed job, ``go``. Meanwhile the
+process prepares the job (output, title, allowlist check, import, params); it
+waits for ``go`` before it writes anything or calls the method. So a job
+process always finds itself recorded, and the worker's write and the
+preparation overlap. ``release`` instead of ``go`` makes it exit unstarted.
+
+Spares. The template keeps ``--spares`` such processes waiting, so neither the
+fork nor the set-up is on the way from submit to start. A replacement is forked
+once no launch has come for ``SPARE_DELAY``: forked at once, it would compete
+for the CPU with the job just started; under a stream of launches each hand
+forks on demand. A waiting process runs exactly one job, then exits; it reads
+the allowlist and checks its code only once it has a job. One whose pipe closes
+(release, renewal, the worker gone) exits without running anything. The job
+process's own steps (get ready, read the pipe, output, exit) are in
+``bgrunner.jobprocess``.
 """
 
 from __future__ import annotations
@@ -15,18 +36,28 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from bgrunner import jobprocess
 from bgrunner.forkserver import WARM_IMPORTS, FileStamp, changed, stamp
+
+#: Seconds without a launch before the template forks replacement spares.
+SPARE_DELAY = 0.02
 
 
 class Template:
     """The single-threaded process that forks job processes and reaps them."""
 
-    def __init__(self, cmd: socket.socket, events: socket.socket, tid: int) -> None:
+    def __init__(self, cmd: socket.socket, events: socket.socket, tid: int,
+                 spares: int = 0) -> None:
         self.cmd, self.events, self.tid = cmd, events, tid
         self.children: dict[int, int] = {}  # pid -> job id
+        self.spare_count = max(0, spares)
+        self.spares: list[tuple[int, int]] = []  # (pid, write end of its pipe), waiting for a job
+        self.handed: dict[int, tuple[int, int]] = {}  # pid -> (write end, job id): waits for go
+        self.last_launch = 0.0
         self.pending: list[bytes] = []      # exit reports the worker has not taken yet
         self.retired = False
         self.files: dict[str, FileStamp] = {}
@@ -51,6 +82,11 @@ class Template:
         store = "postgres" if self.ctx.database_url.startswith("postgres") else "sqlite"
         for name in (*WARM_IMPORTS, f"bgrunner.store.{store}", "setproctitle"):
             self._try_import(name)  # warmth only: a job imports what is missing itself
+        if sys.platform.startswith("linux"):
+            from bgrunner import procs
+
+            procs.load_libc()  # children inherit the loaded library and the boot time
+            procs.start_time(os.getpid())
         if preload_jobs:
             self._preload_jobs()
         self._stamp_modules()
@@ -99,7 +135,7 @@ class Template:
                 self.notes.append(f"job module {module} not preloaded: {type(exc).__name__}: {exc}")
 
     def _stamp_modules(self) -> None:
-        """Stamp every imported file outside the standard library (bgrunner, psutil, jobs)."""
+        """Stamp every imported file outside the standard library (bgrunner, setproctitle, jobs)."""
         import sysconfig
 
         paths = sysconfig.get_paths()
@@ -121,9 +157,11 @@ class Template:
         self._send_line({"pid": os.getpid(), "files": self.files, "notes": self.notes})
         gc.collect()
         gc.freeze()  # children then share these pages instead of copying them on the next GC
+        self._fork_spares()
         buffer = b""
         while True:
-            for key, mask in self.selector.select(timeout=5.0):
+            missing = len(self.spares) < self.spare_count and not self.retired
+            for key, mask in self.selector.select(timeout=SPARE_DELAY if missing else 5.0):
                 if key.data == "cmd":
                     chunk = self.cmd.recv(65536)
                     if not chunk:
@@ -139,28 +177,96 @@ class Template:
             self._reap()
             if not self._flush() or (self.retired and not self.children and not self.pending):
                 return 0
+            if time.monotonic() - self.last_launch >= SPARE_DELAY:
+                self._fork_spares()
 
     def _handle(self, request: dict[str, Any]) -> None:
-        if request.get("op") == "retire":
+        op = request.get("op")
+        if op == "retire":
             self.retired = True
+            self._drop_spares()
             self._send_line({"ok": True})
-            return
-        if self.retired:
+        elif op == "release":
+            held = self.handed.pop(int(request["pid"]), None)
+            if held is not None:
+                os.close(held[0])  # it reads EOF and exits without running anything
+            self._send_line({"ok": True})
+        elif op == "go":
+            self._send_line(self._go(int(request["pid"])))
+        elif self.retired:
             self._send_line({"error": "this fork server is retired"})
-            return
+        elif op == "hand":
+            self._send_line(self._hand(request))
+        else:
+            self._send_line({"error": f"unknown request {op!r}"})
+
+    def _hand(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Give the job to a waiting process (forked now if none waits); it prepares, then waits for go."""
+        self.last_launch = time.monotonic()
+        line = json.dumps(request).encode() + b"\n"
+        while True:
+            try:
+                pid, write_fd = self.spares.pop(0) if self.spares else self._fork_waiting()
+            except OSError as exc:
+                return {"error": str(exc)}
+            try:  # one pipe write under PIPE_BUF arrives whole
+                if os.write(write_fd, line) == len(line):
+                    self.handed[pid] = (write_fd, int(request["job_id"]))
+                    return {"pid": pid}
+            except OSError:
+                pass  # it died while waiting (reaped as a non-job): take the next one
+            os.close(write_fd)
+
+    def _go(self, pid: int) -> dict[str, Any]:
+        """The worker has recorded ``pid`` on its job: let the process start the job."""
+        held = self.handed.pop(pid, None)
+        if held is None:
+            return {"error": f"process {pid} holds no job here"}
+        write_fd, job_id = held
         try:
-            pid = self._fork(request)
+            os.write(write_fd, b"go\n")
         except OSError as exc:
-            self._send_line({"error": str(exc)})
-            return
-        self.children[pid] = int(request["job_id"])
-        self._send_line({"pid": pid})
+            return {"error": f"process {pid} is gone: {exc}"}
+        finally:
+            os.close(write_fd)
+        self.children[pid] = job_id
+        return {"pid": pid}
+
+    # -- waiting processes ---------------------------------------------------------------
+    def _fork_spares(self) -> None:
+        while not self.retired and len(self.spares) < self.spare_count:
+            try:
+                self.spares.append(self._fork_waiting())
+            except OSError:  # out of processes or memory: hand forks on demand meanwhile
+                return
+
+    def _fork_waiting(self) -> tuple[int, int]:
+        """Fork a job process that gets ready, then waits for its job on a pipe: (pid, write end)."""
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = self._fork_process()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        if pid == 0:
+            os.close(write_fd)
+            self._child(read_fd)
+        os.close(read_fd)
+        return pid, write_fd
+
+    def _drop_spares(self) -> None:
+        """Close the waiting processes' pipes: they read EOF and exit without running anything."""
+        for write_fd in [fd for _pid, fd in self.spares] + [fd for fd, _ in self.handed.values()]:
+            os.close(write_fd)
+        self.spares, self.handed = [], {}
 
     def _send_line(self, message: dict[str, Any]) -> None:
         self.cmd.sendall(json.dumps(message).encode() + b"\n")
 
     def _reap(self) -> None:
-        while self.children:
+        """Reap every ended child: report job processes; forget waiting ones that died."""
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -170,6 +276,10 @@ class Template:
             if self.children.pop(pid, None) is not None:
                 code = os.waitstatus_to_exitcode(status)
                 self.pending.append(f"{self.tid} {pid} {code}".encode())
+                continue
+            for spare in [s for s in self.spares if s[0] == pid]:
+                self.spares.remove(spare)
+                os.close(spare[1])
 
     def _flush(self) -> bool:
         """Send the pending exit reports; False when the worker is gone."""
@@ -189,38 +299,48 @@ class Template:
         return True
 
     # -- the child ------------------------------------------------------------------------
-    def _fork(self, request: dict[str, Any]) -> int:
+    def _fork_process(self) -> int:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
         gc.freeze()
-        pid = os.fork()
-        if pid == 0:
-            self._child(int(request["job_id"]), str(request["target"]), str(request["method"]))
-        return pid
+        return os.fork()
 
-    def _child(self, job_id: int, target: str, method: str) -> NoReturn:
-        """Become the job's process and run it as ``run_job.py … --job-id N`` would."""
+    def _child(self, job_fd: int) -> NoReturn:
+        """Get ready, wait on ``job_fd`` for a job, then run it as ``run_job.py … --job-id N`` would.
+
+        Random state needs no reseeding: ``random`` does it after every fork.
+        """
         code = 1
         try:
             os.setsid()
             self._leave_template()
-            argv = [target, method, "--job-id", str(job_id)]
-            _redirect_output(self.ctx.output_dir, job_id)
-            _set_title(f"bgrunner job {job_id} {target}.{method}")
-            import random
-
-            random.seed()
-            if changed(self.code_files):  # imported code edited since the template read it
-                _exec_spawn_mode(argv)
-            sys.argv = ["run_job.py", *argv]
             from bgrunner.context import Context
             from bgrunner.run_cli import main_queued
 
             ctx = Context.resolve()
+            jobprocess.get_ready(ctx)
+            pipe = jobprocess.JobPipe(job_fd)
+            request = pipe.job()
+            if request is None:  # renewed or closed before it got a job
+                jobprocess.finish(0)
+            job_id, target, method = (int(request["job_id"]), str(request["target"]),
+                                      str(request["method"]))
+            argv = [target, method, "--job-id", str(job_id)]
+            jobprocess.redirect_output(self.ctx.output_dir, job_id)
+            jobprocess.set_title(f"bgrunner job {job_id} {target}.{method}")
+            def wait_for_go() -> bool:
+                return pipe.go() or jobprocess.recorded_as_mine(ctx, job_id)
+
+            if changed(self.code_files):  # imported code edited since the template read it
+                # Not before go: the exec closes the pipe, and the job must be ours to run.
+                if not wait_for_go():
+                    jobprocess.finish(0)
+                jobprocess.exec_spawn_mode(argv)
+            sys.argv = ["run_job.py", *argv]
             if self.config_cache is not None:
                 ctx.adopt_config(*self.config_cache)
-            code = main_queued(ctx, target, method, job_id)
+            code = main_queued(ctx, target, method, job_id, inline=True, wait_for_go=wait_for_go)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:  # noqa: BLE001 - whatever happens, this process must end here
@@ -231,7 +351,7 @@ class Template:
             except BaseException:  # noqa: BLE001
                 pass
         finally:
-            _finish(code)
+            jobprocess.finish(code)
 
     def _leave_template(self) -> None:
         """Drop everything of the template: its sockets, its SIGCHLD handling, its signal setup."""
@@ -243,6 +363,9 @@ class Template:
         self.events.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+        for write_fd in [fd for _pid, fd in self.spares] + [fd for fd, _ in self.handed.values()]:
+            os.close(write_fd)  # the other waiting processes must see EOF when released
+        self.spares, self.handed = [], {}
 
 
 #: Signals whose disposition the template changes; a child gets the interpreter's defaults back.
@@ -269,55 +392,6 @@ def _thread_count() -> int:
     return threading.active_count()
 
 
-def _redirect_output(output_dir: str, job_id: int) -> None:
-    """stdin from /dev/null; stdout and stderr appended to the job's output file."""
-    from bgrunner.launcher import open_output
-
-    null = os.open(os.devnull, os.O_RDONLY)
-    out = open_output(output_dir, job_id)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(null)
-    os.close(out)
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
-
-
-def _exec_spawn_mode(argv: list[str]) -> NoReturn:
-    """Replace this process with a fresh ``run_job.py`` (same pid, session and output)."""
-    from bgrunner.launcher import job_command
-
-    command = job_command(argv[0], argv[1], int(argv[3]))
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    os.execv(command[0], command)
-
-
-def _finish(code: int) -> NoReturn:
-    """End the job's process as an interpreter exit would: atexit, flush, then leave."""
-    try:
-        import atexit
-
-        atexit._run_exitfuncs()
-    except BaseException:  # noqa: BLE001
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except BaseException:  # noqa: BLE001
-            pass
-    os._exit(code if 0 <= code <= 255 else 1)
-
-
 def main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
@@ -328,14 +402,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--tid", type=int, default=1)
     parser.add_argument("--parent", type=int, default=0)
     parser.add_argument("--preload-jobs", action="store_true")
+    parser.add_argument("--spares", type=int, default=1, help="job processes forked ahead")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if sys.path[0] != os.getcwd():
         sys.path.insert(0, os.getcwd())  # as run_job.py: job modules are relative to the cwd
     cmd = socket.socket(fileno=args.fd)
     events = socket.socket(fileno=args.events_fd)
-    template = Template(cmd, events, args.tid)
+    template = Template(cmd, events, args.tid, args.spares)
     template.warm_up(args.preload_jobs)
-    _set_title(f"bgrunner forkserver (worker {args.parent})")
+    jobprocess.set_title(f"bgrunner forkserver (worker {args.parent})")
     return template.serve()
 
 

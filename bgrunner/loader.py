@@ -7,7 +7,6 @@ The loader is the only place user code is imported; it is called only with a
 from __future__ import annotations
 
 import importlib
-import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,9 @@ def signature_callable(cls: type, method: str) -> Callable[..., Any]:
     Used to bind and convert params before the first attempt without running
     the class's ``__init__`` in the supervising process.
     """
-    raw = inspect.getattr_static(cls, method, None)
+    # getattr_static without inspect (a forked job process would page in inspect for it):
+    # the attribute as stored in the first class of the MRO that defines it.
+    raw = next((klass.__dict__[method] for klass in cls.__mro__ if method in klass.__dict__), None)
     if raw is None:
         raise TargetLoadError(f"class {cls.__qualname__!r} has no method {method!r}")
     if isinstance(raw, staticmethod):

@@ -19,6 +19,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from bgrunner import quickbind
 from bgrunner.errors import ParamsError, UsageError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -110,6 +111,9 @@ def bind_params(
     Returns (args, kwargs) ready for `func(*args, **kwargs)`; defaults are left to
     the function. Raises ParamsError naming the parameter and the problem.
     """
+    quick = quickbind.quick_bind(func, params, coerce)  # plain functions, simple annotations: no inspect
+    if quick is not None:
+        return quick
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):  # no introspectable signature: pass params as given

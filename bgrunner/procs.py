@@ -100,6 +100,24 @@ def describe_wait_status(status: int) -> str:
     return describe_exit(os.waitstatus_to_exitcode(status))
 
 
+_libc: Any = None
+
+
+def load_libc() -> Any:
+    """libc through ctypes, loaded once (the fork server's template loads it for its children)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl  # noqa: B018 - resolve the symbol now, not in every child
+    return _libc
+
+
+def _prctl(option: int, value: int) -> bool:
+    return bool(load_libc().prctl(option, value, 0, 0, 0) == 0)
+
+
 def become_subreaper() -> bool:
     """Make orphaned descendants re-parent to this process (Linux), so none escape a kill.
 
@@ -109,11 +127,7 @@ def become_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_CHILD_SUBREAPER = 36
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         return False
 
@@ -123,11 +137,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        _prctl(1, int(sig))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

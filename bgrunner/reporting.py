@@ -1,8 +1,9 @@
 """Progress reports from inside a job: ``bgrunner.progress(done, total=None, message=None)``.
 
 Inside an attempt the report goes over the pipe to the supervising process,
-which stores it (throttled). Outside a job it does nothing, so job code can be
-called directly in tests.
+which stores it (throttled); in an inline job (no attempt process) it goes to
+the job's own supervisor object. Outside a job it does nothing, so job code can
+be called directly in tests.
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 #: Set by the attempt process to the pipe of its supervisor.
 _channel_fd: int | None = None
+#: Set by an inline job's supervisor: takes the report itself.
+_sink: Callable[[dict[str, Any]], None] | None = None
 _cancel_checked_at = 0.0
 _cancel_seen = False
 
 
 def progress(done: float, total: float | None = None, message: str | None = None) -> None:
     """Report how far the job is. Cheap: one small write to a pipe."""
+    if _sink is not None:
+        _sink({"done": done, "total": total, "message": message})
+        return
     if _channel_fd is None:
         return
     report = {"type": "progress", "done": done, "total": total, "message": message}
@@ -35,7 +43,7 @@ def cancel_requested() -> bool:
     """
     global _cancel_checked_at, _cancel_seen
     job_id = os.environ.get("BGRUNNER_JOB_ID")
-    if _cancel_seen or not job_id or _channel_fd is None:
+    if _cancel_seen or not job_id or (_channel_fd is None and _sink is None):
         return _cancel_seen
     now = time.monotonic()
     if now - _cancel_checked_at < 0.5:

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -85,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     return _run(ctx, args)
 
 
-def main_queued(ctx: Any, target: str, method: str, job_id: int) -> int:
+def main_queued(ctx: Any, target: str, method: str, job_id: int, *, inline: bool = False,
+                wait_for_go: Callable[[], bool] | None = None) -> int:
     """``main([target, method, "--job-id", N])`` without parsing a command line.
 
     For the fork server's children (argparse costs a job process ~1-2 ms): the
     arguments are the ones the worker sent, and ``ctx`` is resolved from the
-    same environment a ``run_job.py`` child would read.
+    same environment a ``run_job.py`` child would read. ``inline``: a job with
+    no timeout runs in this process, without an attempt fork (see ``runner``).
+    ``wait_for_go``: the launcher records this process on the job itself and
+    says when (False: the job was taken back); nothing is written before.
     """
     args = argparse.Namespace(target=target, method=method, params=None, json_params=None,
                               max_attempts=None, retry_delay=None, timeout=None, job_id=job_id,
-                              config=None, log_dir=None, database_url=None)
+                              config=None, log_dir=None, database_url=None, inline=inline,
+                              wait_for_go=wait_for_go)
     return _run(ctx, args)
 
 
@@ -184,11 +190,13 @@ def run_queued(ctx: Any, args: argparse.Namespace) -> int:
         raise UsageError(f"job {job.id} is {job.target} {job.method}, not {args.target} {args.method}")
     pid = os.getpid()
     started = procs.start_time(pid) or 0.0
-    # A fork-mode worker usually has recorded this process already: then the row says what
-    # set_process would write, and the write is skipped.
-    recorded = job.status == "running" and job.pid == pid and job.pid_ctime == started
-    if not recorded and (job.status != "running" or not ctx.store.set_process(
-            job.id, job.attempts, pid=pid, pid_ctime=started)):
+    go: Callable[[], bool] | None = getattr(args, "wait_for_go", None)
+    if job.status != "running":
+        return EXIT_CANCELLED if job.status == "cancelled" else 0
+    # Spawned: the launcher may have recorded this process already; then the write is skipped.
+    recorded = job.pid == pid and job.pid_ctime == started
+    if go is None and not recorded and not ctx.store.set_process(job.id, job.attempts, pid=pid,
+                                                                 pid_ctime=started):
         current = ctx.store.get(job.id)
         return EXIT_CANCELLED if current is not None and current.status == "cancelled" else 0
     job = replace(job, pid=pid, pid_ctime=started)
@@ -196,16 +204,23 @@ def run_queued(ctx: Any, args: argparse.Namespace) -> int:
     try:
         spec = ctx.config.check(job.target, job.method)
     except JobError as exc:
+        if go is not None and not go():
+            return 0
         fail_unstarted(ctx, job, exc, outcome="rejected")
         return exc.exit_code
     try:
         cls = load_class(spec)
         call_args, call_kwargs = bind_params(signature_callable(cls, job.method), job.params)
     except (TargetLoadError, ParamsError) as exc:
+        if go is not None and not go():
+            return 0
         fail_unstarted(ctx, job, exc, outcome="invalid_params" if isinstance(exc, ParamsError)
                        else "load_error")
         return 2 if isinstance(exc, ParamsError) else EXIT_FAILED
-    return Supervisor(ctx, spec, cls, job, call_args, call_kwargs, foreground=False).run()
+    if go is not None and not go():
+        return 0  # taken back (cancelled since the claim): nothing ran, nothing to record
+    return Supervisor(ctx, spec, cls, job, call_args, call_kwargs, foreground=False,
+                      inline=getattr(args, "inline", False)).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

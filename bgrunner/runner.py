@@ -5,6 +5,15 @@ process group of its own (see ``attempt.py``); the supervisor waits for it with
 a deadline, kills its whole tree when the deadline passes or the job is
 cancelled, decides on a retry with the pure ``retry.next_retry`` and writes
 every state change to the store, fenced by the attempt number.
+
+*Inline* (a queued job with no timeout): the job's process calls the method
+itself, without the attempt fork. Nothing needs watching from outside: a
+cancel kills the process tree from outside (``jobs.stop_process``), SIGTERM
+raises ``JobInterrupted`` in the method, and a process that dies without
+recording is noticed by its worker or ``jobs.reconcile`` (``JobCrashed``). A
+retry is not slept on in-process: the job is released (``retrying``, no pid)
+for a worker to claim into a fresh process when it is due. This saves a
+fork, a second process exit and a pipe per job (see bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ PROGRESS_INTERVAL = 0.25
 TIMEOUT_NAMES = ["JobTimeout", "bgrunner.JobTimeout", "TimeoutError", "builtins.TimeoutError"]
 CRASH_NAMES = ["JobCrashed", "bgrunner.JobCrashed"]
 INTERRUPT_NAMES = ["JobInterrupted", "bgrunner.JobInterrupted"]
+#: Signals that ask a job to stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -75,8 +86,7 @@ class StopRequested:
 @contextmanager
 def stop_signals(stop: StopRequested) -> Iterator[None]:
     """Install flag-setting handlers for SIGTERM/SIGINT/SIGHUP; restore the old ones after."""
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    old = {s: signal.signal(s, stop.handler) for s in sigs}
+    old = {s: signal.signal(s, stop.handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -88,12 +98,15 @@ class Supervisor:
     """Runs one job to a final state (or hands it back for a later retry)."""
 
     def __init__(self, ctx: Context, spec: JobSpec, cls: type, job: JobRecord,
-                 args: list[Any], kwargs: dict[str, Any], *, foreground: bool) -> None:
+                 args: list[Any], kwargs: dict[str, Any], *, foreground: bool,
+                 inline: bool = False) -> None:
         self.ctx, self.spec, self.cls, self.job = ctx, spec, cls, job
         self.args, self.kwargs = args, kwargs
         self.foreground = foreground
         self.policy: Policy = spec.policy.with_overrides(
             max_attempts=job.max_attempts, retry_delay=job.retry_delay, timeout=job.timeout)
+        # Inline only where no deadline must be enforced from outside the method's process.
+        self.inline = inline and not foreground and self.policy.timeout <= 0
         self.attempt = job.attempts
         self.log: EventLog = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
         self.stop = StopRequested()
@@ -102,7 +115,7 @@ class Supervisor:
 
     # -- the job -------------------------------------------------------------------
     def run(self) -> int:
-        procs.become_subreaper()
+        procs.become_subreaper()  # a grandchild that setsid()s stays in our tree, killable
         with stop_signals(self.stop):
             while True:
                 started = time.time()
@@ -138,11 +151,13 @@ class Supervisor:
                           traceback=outcome.traceback, outcome=outcome.kind)
             return EXIT_FAILED
         if not store.retry_later(job_id, attempt, outcome=outcome.kind, error=error,
-                                 traceback=outcome.traceback, run_at=now + delay, release=False,
-                                 now=now, started_at=started):
+                                 traceback=outcome.traceback, run_at=now + delay,
+                                 release=self.inline, now=now, started_at=started):
             return self._lost_race()
         self.log.emit("job_retrying", level="warning", attempt=attempt, error=error,
                       retry_in_s=round(delay, 3), outcome=outcome.kind)
+        if self.inline:
+            return EXIT_FAILED  # released: a worker claims the next attempt into a new process
         if self._sleep(delay):
             return self._stopped(None)
         if not store.begin_attempt(job_id, attempt, now=time.time()):
@@ -206,6 +221,11 @@ class Supervisor:
 
     # -- one attempt -----------------------------------------------------------------
     def _run_attempt(self) -> Outcome:
+        if self.inline:
+            try:
+                return self._call_inline()
+            finally:
+                self._flush_progress(force=True)
         from bgrunner import attempt as attempt_process
 
         read_fd, write_fd = os.pipe()
@@ -223,6 +243,45 @@ class Supervisor:
             os.close(read_fd)
             self._flush_progress(force=True)
             self._reap_orphans()
+
+    def _call_inline(self) -> Outcome:
+        """Call the method in this process; SIGTERM, SIGINT or SIGHUP raise ``JobInterrupted`` in it."""
+        from bgrunner import reporting
+        from bgrunner.attempt import JobInterrupted, encode_result
+        from bgrunner.loader import bound_method
+
+        def interrupt(signum: int, frame: Any) -> None:
+            self.stop.handler(signum, frame)
+            raise JobInterrupted(f"terminated by {signal.Signals(signum).name}")
+
+        reporting._sink = self._on_progress
+        try:
+            try:
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, interrupt)
+                if self.stop.signum is not None:  # stopped before the method began
+                    raise JobInterrupted("stopped before start")
+                value = bound_method(self.cls, self.job.method)(*self.args, **self.kwargs)
+            finally:  # from here on a stop signal only sets the flag: the outcome gets recorded
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, self.stop.handler)
+                reporting._sink = None
+        except JobInterrupted:
+            return Outcome("stopped")
+        except BaseException as exc:  # everything the job raises is its outcome
+            import traceback
+
+            from bgrunner.retry import exception_names
+
+            return Outcome("error", error=f"{type(exc).__name__}: {exc}",
+                           traceback="".join(traceback.format_exception(exc)),
+                           names=exception_names(type(exc)))
+        text, note = encode_result(value, self.ctx.config.runner.result_max_bytes)
+        return Outcome("completed", result=text, note=note)
+
+    def _on_progress(self, report: dict[str, Any]) -> None:
+        self._progress_pending = report
+        self._flush_progress(force=False)
 
     def _watch(self, pid: int, read_fd: int) -> Outcome:
         timeout = self.policy.timeout

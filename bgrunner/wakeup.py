@@ -8,6 +8,7 @@ singleton) and sends it one datagram, so the worker sleeps until the next
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -19,8 +20,13 @@ from bgrunner.context import Context, host_id
 
 
 def _base(url: str) -> str:
-    digest = hashlib.sha256(f"{url}|{host_id()}".encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"bgrunner-{os.getuid()}-{digest}")
+    return _base_for(url, host_id(), os.getuid())
+
+
+@functools.lru_cache(maxsize=16)
+def _base_for(url: str, host: str, uid: int) -> str:
+    digest = hashlib.sha256(f"{url}|{host}".encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"bgrunner-{uid}-{digest}")
 
 
 def socket_path(url: str) -> str:
@@ -31,17 +37,25 @@ def lock_path(url: str) -> str:
     return _base(url) + ".lock"
 
 
+_sender: tuple[int, socket.socket] | None = None  # (owner pid, unbound datagram socket)
+
+
 def notify(url: str) -> bool:
-    """Wake the worker of this store, if one listens. Never blocks."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
+    """Wake the worker of this store, if one listens. Never blocks.
+
+    One unbound datagram socket per process serves every call (a submit pays a
+    ``sendto``, not a socket's creation); a forked child makes its own.
+    """
+    global _sender
+    if _sender is None or _sender[0] != os.getpid():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        sock.sendto(b"!", socket_path(url))
+        _sender = (os.getpid(), sock)
+    try:
+        _sender[1].sendto(b"!", socket_path(url))
         return True
     except OSError:
         return False
-    finally:
-        sock.close()
 
 
 def worker_running(url: str) -> bool:

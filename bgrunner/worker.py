@@ -30,6 +30,8 @@ SHUTDOWN_GRACE = 30.0
 CANCEL_CHECK_INTERVAL = 0.5
 #: Cancelled jobs older than this are no longer checked for a surviving process.
 CANCEL_WINDOW = 3600.0
+#: Fork mode: job processes the template keeps forked ahead, at most (one per slot below it).
+MAX_SPARES = 4
 
 
 @dataclass
@@ -158,7 +160,8 @@ class Worker:
             return
         from bgrunner.forkserver import ForkServer, ForkServerError
 
-        server = ForkServer(self.ctx)
+        server = ForkServer(self.ctx, spares=min(self.concurrency, MAX_SPARES),
+                            preload_jobs=self.ctx.config.runner.preload_jobs)
         try:
             server.start()
         except ForkServerError as exc:
@@ -170,7 +173,10 @@ class Worker:
         self.forkserver = server
 
     def _launch(self, job: Any) -> tuple[Any, int | None]:
-        """Start a claimed job's process: forked by the template, or spawned."""
+        """Start a claimed job's process: forked by the template, or spawned.
+
+        ``(None, None)``: the job was cancelled since its claim; nothing started.
+        """
         if self.forkserver is not None:
             from bgrunner.forkserver import launch_job
 
@@ -197,6 +203,8 @@ class Worker:
                               error=str(exc))
                 if type(exc.__cause__).__name__ == "ForkServerError":
                     break  # the template is gone: stale() renews it on the next round
+                continue
+            if proc is None:
                 continue
             self.children[proc.pid] = Child(proc, job.id, job.attempts, pidfd)
             launched += 1

@@ -32,7 +32,7 @@ cancel_grace = 1
 worker_idle_exit = 5
 
 [jobs."tests.fixtures:Probe"]
-methods = ["mark", "record_pid", "typed", "noop", "sleep", "fail_until", "value_error",
+methods = ["mark", "record_pid", "import_pid", "typed", "noop", "sleep", "fail_until", "value_error",
            "crash", "big_result", "unserialisable", "progress"]
 max_attempts = 1
 
@@ -171,6 +171,16 @@ def stop_workers(database_url: str) -> None:
                 proc.kill()
             except psutil.Error:
                 pass
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts); never raises if it ends while being looked at."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 20, interval: float = 0.02,

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import bgrunner
 
+#: The process that imported this module (a fork-mode template with preload_jobs, or the job).
+IMPORTED_IN = os.getpid()
+
 
 def _touch(path: str, text: str = "") -> None:
     with open(path, "a") as f:
@@ -33,6 +36,11 @@ class Probe:
         with open(sentinel, "w") as f:
             f.write(f"{os.getpid()} {os.getsid(0)} {os.getcwd()} {os.environ.get('PROBE_VALUE', '')}")
         return os.getpid()
+
+    def import_pid(self, sentinel: str) -> None:
+        """Write the pid that imported this module and this process's pid to SENTINEL."""
+        with open(sentinel, "w") as f:
+            f.write(f"{IMPORTED_IN} {os.getpid()}")
 
     def typed(self, n: int, ratio: float, flag: bool, when: str = "") -> dict[str, object]:
         """Return what arrived, with its types."""

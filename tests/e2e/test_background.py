@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Project, wait_until
+from tests.conftest import ROOT, Project, gone, wait_until
 
 
 @pytest.fixture(autouse=True, params=["fork", "spawn"])
@@ -43,13 +43,6 @@ def final(project: Project, job_id: int, timeout: float = 30) -> dict:
     return wait_until(lambda: (s := status(project, job_id))["status"] in
                       ("completed", "failed", "cancelled") and s, timeout=timeout,
                       interval=0.1, message=f"job {job_id} to end")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_fire_and_forget_from_a_script_that_exits_at_once(project: Project, tmp_path: Path) -> None:
@@ -215,11 +208,13 @@ def test_cancel_running_kills_the_tree(project: Project, tmp_path: Path, method:
 def test_kill_9_of_a_job_is_noticed_and_retried(project: Project, tmp_path: Path) -> None:
     """A job process killed with SIGKILL is recorded as a failed attempt with how it died, then retried."""
     sentinel = tmp_path / "started"
-    job_id = submit(project, "tests.fixtures:Probe", "sleep", f"1,{sentinel}",
+    # 3 s: the job must still run when `status` (a CLI process) has answered, on a busy host too.
+    job_id = submit(project, "tests.fixtures:Probe", "sleep", f"3,{sentinel}",
                     "--max-attempts", "2", "--retry-delay", "0")
     wait_until(sentinel.exists, message="job start")
-    pid = status(project, job_id)["pid"]
-    os.kill(pid, signal.SIGKILL)
+    running = status(project, job_id)
+    assert running["status"] == "running", running
+    os.kill(running["pid"], signal.SIGKILL)
     record = final(project, job_id)
     assert record["status"] == "completed" and record["attempts"] == 2
     store = project.store()
@@ -359,6 +354,25 @@ def test_chained_jobs_run_after_completion(project: Project, tmp_path: Path) -> 
     child = [j for j in jobs if j.parent_id is not None]
     assert len(child) == 1 and child[0].params[1] == "second"
     assert "never" not in sentinel.read_text()
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_preload_jobs_imports_job_modules_in_the_template(project: Project, tmp_path: Path,
+                                                         launch_mode: str, preload: bool) -> None:
+    """Fork mode with preload_jobs: the job module was imported by the template, not the job."""
+    if launch_mode != "fork":
+        pytest.skip("preload_jobs is a fork-mode setting")
+    project.write_config(project.config.read_text().replace(
+        "[runner]", f"[runner]\npreload_jobs = {'true' if preload else 'false'}"))
+    project.extra_env["BGRUNNER_AUTOSTART"] = "0"  # the worker launches it (direct launches spawn)
+    sentinel = tmp_path / "pids"
+    job_id = submit(project, "tests.fixtures:Probe", "import_pid", str(sentinel))
+    r = project.cli("worker", "--burst", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert status(project, job_id)["status"] == "completed"
+    imported_in, pid = map(int, sentinel.read_text().split())
+    # No timeout: the method runs in the job process, which imported the module unless preloaded.
+    assert (imported_in != pid) is preload
 
 
 def test_output_is_captured_per_job(project: Project) -> None:

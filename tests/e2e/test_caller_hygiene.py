@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.conftest import Project
 
 
+@pytest.mark.timeout(900)  # 1,000 spawned jobs one after another: minutes on a busy 2-CPU host
 def test_no_zombies_or_fd_leaks_in_a_long_lived_caller(sqlite_project: Project) -> None:
     """A caller that launches 1,000 jobs itself is left with no zombie children and no leaked fds."""
     project = sqlite_project

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Project, wait_until
+from tests.conftest import ROOT, Project, gone, wait_until
 
 
 @pytest.fixture(autouse=True, params=["fork", "spawn"])
@@ -95,8 +95,7 @@ def test_cancel_from_another_host_stops_the_job_on_its_host(project: Project,
         assert r.returncode == 0, r.stderr
 
         def dead() -> bool:
-            return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie"
-                       for p in pids)
+            return all(gone(p) for p in pids)
 
         wait_until(dead, timeout=10, message="job tree to die")
         assert time.monotonic() - started <= 1.0 + 1.0 + 0.5  # cancel_grace (1 s) + 1 s

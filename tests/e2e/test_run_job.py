@@ -8,10 +8,9 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import Project, wait_until
+from tests.conftest import Project, gone, wait_until
 
 
 def test_completed_job_is_recorded_and_logged(project: Project, tmp_path: Path) -> None:
@@ -181,7 +180,7 @@ def test_timeout_kills_the_whole_tree(project: Project, tmp_path: Path) -> None:
     assert time.monotonic() - started < 15
     job_pid, grandchild = map(int, sentinel.read_text().split())
     for pid in (job_pid, grandchild):
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert gone(pid)
     [job] = project.jobs()
     assert job.status == "failed" and "timed out after 1 s" in job.error
 
@@ -194,7 +193,7 @@ def test_timeout_kills_a_job_that_ignores_sigterm(project: Project, tmp_path: Pa
     r = project.run_job("tests.fixtures:Stubborn", method, str(sentinel), "--timeout", "0.5")
     assert r.returncode == 1
     pid = int(sentinel.read_text().split()[0])
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
     assert "timed out" in project.jobs()[0].error
 
 

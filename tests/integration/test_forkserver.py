@@ -60,8 +60,8 @@ def no_leftover_jobs(project: Project) -> Iterator[None]:
 
 
 def queue(ctx: Context, method: str, params: list[object] | None = None,
-          target: str = PROBE) -> int:
-    return jobs.submit(ctx, jobs.prepare(ctx, target, method, params or []))
+          target: str = PROBE, **options: object) -> int:
+    return jobs.submit(ctx, jobs.prepare(ctx, target, method, params or [], **options))
 
 
 def claim_and_launch(ctx: Context, server: ForkServer) -> tuple[int, int]:
@@ -90,7 +90,14 @@ def collect_exits(server: ForkServer, pids: set[int], timeout: float = 30) -> di
 
 
 def open_files(pid: int) -> set[str]:
-    return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    """What the process's descriptors point at (one closed while listing is left out)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def final(ctx: Context, job_id: int, timeout: float = 30):  # type: ignore[no-untyped-def]
@@ -109,10 +116,55 @@ def test_a_forked_job_runs_completes_and_is_reported(ctx: Context, server: ForkS
     assert record.status == "completed"
     assert record.pid == pid
     seen_pid, seen_sid, cwd, _ = (sentinel.read_text().split(" ") + [""])[:4]
-    # The method runs in the attempt process forked by the job process, which leads the session.
+    # No timeout: the method runs in the job process itself (inline), which leads its session.
     assert int(seen_sid) == pid
-    assert int(seen_pid) != pid
+    assert int(seen_pid) == pid
     assert cwd == str(ROOT)
+
+
+def test_a_job_with_a_timeout_runs_its_method_in_an_attempt_process(
+        ctx: Context, server: ForkServer, tmp_path: Path) -> None:
+    """A deadline is enforced from outside the method's process: the job process forks an attempt."""
+    sentinel = tmp_path / "pid"
+    queue(ctx, "record_pid", [str(sentinel)], timeout=30)
+    job_id, pid = claim_and_launch(ctx, server)
+    assert collect_exits(server, {pid}) == {pid: 0}
+    assert final(ctx, job_id).status == "completed"
+    seen_pid, seen_sid = map(int, sentinel.read_text().split(" ")[:2])
+    assert seen_sid == pid and seen_pid != pid
+
+
+def test_a_forked_job_past_its_timeout_is_killed_with_its_tree(
+        ctx: Context, server: ForkServer, tmp_path: Path) -> None:
+    """Fork mode keeps timeouts: a method spinning in C code, ignoring SIGTERM, is killed at the deadline."""
+    sentinel = tmp_path / "started"
+    queue(ctx, "busy_c", [str(sentinel)], target="tests.fixtures:Stubborn", timeout=1,
+          max_attempts=1)
+    job_id, pid = claim_and_launch(ctx, server)
+    wait_until(sentinel.exists, message="the job to start")
+    attempt_pid = int(sentinel.read_text().split()[0])
+    assert attempt_pid != pid
+    assert collect_exits(server, {pid}, timeout=60) == {pid: 1}
+    record = final(ctx, job_id)
+    assert record.status == "failed" and "timed out after 1 s" in (record.error or "")
+    assert not psutil.pid_exists(attempt_pid) or \
+        psutil.Process(attempt_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_failed_inline_attempt_is_released_for_a_fresh_process(
+        ctx: Context, server: ForkServer, tmp_path: Path) -> None:
+    """Inline retries are not slept on in-process: the job goes back to the queue, no pid kept."""
+    queue(ctx, "value_error", max_attempts=2, retry_delay=0)
+    job_id, pid = claim_and_launch(ctx, server)
+    assert collect_exits(server, {pid}) == {pid: 1}
+    record = ctx.store.get(job_id)
+    assert (record.status, record.pid, record.attempts) == ("retrying", None, 1)
+    second_id, second = claim_and_launch(ctx, server)
+    assert second_id == job_id and second != pid
+    assert collect_exits(server, {second}) == {second: 1}
+    record = ctx.store.get(job_id)
+    assert (record.status, record.attempts) == ("failed", 2)
+    assert [a.outcome for a in ctx.store.attempts(job_id)] == ["error", "error"]
 
 
 def test_the_job_process_leads_its_session_and_names_the_job(ctx: Context, server: ForkServer,
@@ -372,6 +424,8 @@ def test_many_launches_leave_no_zombie_and_no_leaked_descriptor(ctx: Context,
                                                                 server: ForkServer) -> None:
     """Every child is reaped by the template; its descriptors stay as they were."""
     template = psutil.Process(server.pid)
+    spares = wait_until(lambda: len(template.children()) == server.spares and template.children(),
+                        message="the spare job processes")
     fds_before = template.num_fds()
     pids = set()
     for _ in range(60):
@@ -379,11 +433,64 @@ def test_many_launches_leave_no_zombie_and_no_leaked_descriptor(ctx: Context,
         pids.add(claim_and_launch(ctx, server)[1])
     exits = collect_exits(server, pids, timeout=120)
     assert set(exits.values()) == {0}
-    time.sleep(0.2)
-    assert template.children() == []
+    # What is left are spares, each waiting for a job (not one of those that ran).
+    wait_until(lambda: len(template.children()) == server.spares, message="the spares again")
+    assert not {p.pid for p in template.children()} & pids
+    assert {p.pid for p in spares} <= pids  # the first spares ran jobs
     zombies = [p for p in psutil.process_iter(["ppid", "status"])
                if p.info["ppid"] == template.pid and p.info["status"] == psutil.STATUS_ZOMBIE]
     assert zombies == []
     assert template.num_fds() == fds_before
     assert server.running() == 0
     assert ctx.store.counts()["completed"] == 60
+
+
+def test_a_job_process_that_dies_before_its_start_is_a_failed_attempt(
+        ctx: Context, server: ForkServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handed its job, the process dies before go: a failed attempt, not an endless re-claim."""
+    real_hand = server.hand
+
+    def hand_then_die(*args: object) -> int:
+        pid = real_hand(*args)  # type: ignore[arg-type]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not psutil.pid_exists(pid), message="the template to reap it")
+        return pid
+
+    monkeypatch.setattr(server, "hand", hand_then_die)
+    queue(ctx, "noop")
+    job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
+    with pytest.raises(Exception, match=f"cannot start job {job.id}"):
+        launch_job(ctx, server, job)
+    record = ctx.store.get(job.id)
+    assert record.status == "failed" and "died before its start" in (record.error or ""), record
+    assert ctx.store.claim_next(now=time.time(), cap=1000, host=host_id()) is None
+
+
+def test_a_recorded_job_runs_even_if_its_worker_dies_before_go(ctx: Context, server: ForkServer,
+                                                               tmp_path: Path) -> None:
+    """The pipe closes after the pid was recorded: the job is the process's own, and it runs."""
+    from bgrunner import procs
+
+    sentinel = tmp_path / "ran"
+    queue(ctx, "mark", [str(sentinel)])
+    job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
+    pid = server.hand(job.id, job.target, job.method, job.attempts)
+    assert ctx.store.set_process(job.id, job.attempts, pid=pid, pid_ctime=procs.start_time(pid))
+    server.close()  # as a worker killed here: the template exits, the pipe closes, no go
+    assert final(ctx, job.id).status == "completed"
+    assert sentinel.exists()
+
+
+def test_an_unrecorded_job_never_runs_when_the_pipe_closes(ctx: Context, server: ForkServer,
+                                                           tmp_path: Path) -> None:
+    """Handed but never recorded (the worker died first): the process exits, nothing runs."""
+    sentinel = tmp_path / "ran"
+    queue(ctx, "mark", [str(sentinel)])
+    job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
+    pid = server.hand(job.id, job.target, job.method, job.attempts)
+    waiting = psutil.Process(pid)
+    server.close()
+    waiting.wait(10)
+    assert not sentinel.exists()
+    record = ctx.store.get(job.id)
+    assert (record.status, record.pid) == ("running", None)  # reconcile gives it back later

@@ -195,6 +195,8 @@ def test_error_names_file_key_and_reason() -> None:
         ("[defaults.retry_on]\nValueError = 0", "defaults.retry_on.ValueError: expected an int"),
         ('[defaults.retry_on]\n"not a name" = 2', 'defaults.retry_on."not a name": expected an'),
         ("[runner]\nlaunch = 'thread'", "runner.launch: expected one of 'spawn', 'fork'"),
+        ("[runner]\npreload_jobs = 1", "runner.preload_jobs: expected true or false, got 1"),
+        ("[runner]\npreload_jobs = 'yes'", "runner.preload_jobs: expected true or false"),
         ("[runner]\nmax_concurrent = -1", "runner.max_concurrent: expected an integer >= 0"),
         ("[runner]\nmax_attempts = 3", "runner.max_attempts: unknown key"),
         ("[runner]\nresult_max_bytes = 0", "runner.result_max_bytes: expected an integer >= 1"),
@@ -246,6 +248,8 @@ def test_runner_table_is_read_and_validated() -> None:
     assert config.runner.max_concurrent == 4 and config.runner.cap == 4
     assert config.runner.launch == "fork"
     assert config.runner.cancel_grace == 1.0
+    assert config.runner.preload_jobs is False
+    assert parse_config("[runner]\npreload_jobs = true\n", CFG).runner.preload_jobs is True
     assert config.runner.log_backups == RunnerSettings().log_backups
 
 

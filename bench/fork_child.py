@@ -1,0 +1,191 @@
+"""Where a fork-mode job process spends its time, step by step, with its page faults:
+
+    python bench/fork_child.py [--runs 60]
+
+A warm template (``forktemplate.Template.warm_up``, as the worker starts it) forks
+job processes that take the steps of ``Template._child`` and ``run_cli.run_queued``
+one by one, each timed (``perf_counter``) and counted in minor page faults
+(``getrusage``). Two columns side by side in one run:
+
+- *forked on demand*: the clock starts before ``fork()``;
+- *forked ahead* (a spare): the process got ready first; the clock starts when the
+  job is handed over.
+
+Most of the cost is not Python but the kernel: a fork copies the template's page
+tables, and every page a child writes first (a reference count is a write) is a
+copy-on-write fault, ~5 µs each on this VM. py-spy and pyinstrument cannot see
+that; the fault column does. The no-op job's own call is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import gc
+import json
+import os
+import resource
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGET = "bench.compare_jobs:CompareJobs"
+
+
+def child_steps(template: Any, job_id: int, ready_first: bool, go_fd: int, out_fd: int,
+                t0: float) -> None:
+    """In the forked process: take the job path's steps, then report them on ``out_fd``.
+
+    ``t0``: the parent's clock just before ``fork()`` (the same monotonic clock).
+    """
+    from bgrunner.forkserver import changed
+    from bgrunner.jobprocess import get_ready, redirect_output, set_title
+
+    marks: list[tuple[str, float, int]] = []
+    start = t0
+
+    def mark(name: str) -> None:
+        marks.append((name, time.perf_counter() - start,
+                      resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
+
+    mark("fork, until the child runs Python")
+    os.setsid()
+    template._leave_template()
+    from bgrunner.context import Context
+
+    ctx = Context.resolve()
+    if ready_first:
+        get_ready(ctx)
+        os.read(go_fd, 1)  # the job is handed over: the clock starts again
+        marks.clear()
+        start = time.perf_counter()
+        mark("job handed over")
+    else:
+        mark("leave the template")
+        get_ready(ctx)
+        mark("get ready (store, log, subreaper)")
+    redirect_output(ctx.output_dir, job_id)
+    set_title(f"bgrunner job {job_id}")
+    mark("output file, title")
+    changed(template.code_files)
+    ctx.adopt_config(*template.config_cache)
+    mark("code and allowlist unchanged?")
+    job = ctx.store.get(job_id)
+    mark("read the job")
+    spec = ctx.config.check(job.target, job.method)
+    from bgrunner import procs
+    from bgrunner.loader import load_class, signature_callable
+    from bgrunner.params import bind_params
+
+    procs.start_time(os.getpid())
+    mark("allowlist check")
+    cls = load_class(spec)
+    mark("import the job module")
+    bind_params(signature_callable(cls, job.method), job.params)
+    mark("bind params")
+    log = ctx.log.bind(job_id=str(job_id), target=job.target, method=job.method)
+    log.emit("job_started", attempt=1)
+    mark("log job_started (method starts here)")
+    ctx.store.finish(job_id, job.attempts, status="completed", now=time.time())
+    log.emit("job_completed", attempt=1)
+    mark("record the end, log it")
+    os.write(out_fd, json.dumps(marks).encode())
+    os._exit(0)
+
+
+def run(template: Any, store: Any, job_ids: list[int], ready_first: bool) -> list[Any]:
+    from bgrunner.context import host_id
+
+    rows = []
+    for job_id in job_ids:
+        job = store.claim_next(now=time.time(), cap=10_000, host=host_id())
+        assert job is not None and job.id == job_id
+        out_r, out_w = os.pipe()
+        go_r, go_w = os.pipe()
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.close(out_r)
+            os.close(go_w)
+            child_steps(template, job_id, ready_first, go_r, out_w, t0)
+        os.close(out_w)
+        os.close(go_r)
+        if ready_first:
+            time.sleep(0.03)  # it is ready and waiting, as a spare is
+            t0 = time.perf_counter()
+            os.write(go_w, b"g")
+        data = b""
+        while chunk := os.read(out_r, 65536):
+            data += chunk
+        os.close(out_r)
+        os.close(go_w)
+        os.waitpid(pid, 0)
+        rows.append((json.loads(data), time.perf_counter() - t0))
+        time.sleep(0.01)
+    return rows
+
+
+def summarise(rows: list[Any]) -> list[tuple[str, float, float]]:
+    """(step, median ms spent in it, median faults taken in it)."""
+    rows = rows[len(rows) // 6:]  # the first runs warm the page cache
+    names = [name for name, _, _ in rows[0][0]]
+    out, prev_t, prev_f = [], 0.0, 0.0
+    for k, name in enumerate(names):
+        t = statistics.median(r[0][k][1] for r in rows) * 1000
+        f = statistics.median(r[0][k][2] for r in rows)
+        out.append((name, t - prev_t, f - prev_f))
+        prev_t, prev_f = t, f
+    out.append(("total to the end of the steps", prev_t, prev_f))
+    out.append(("its exit, until the parent has reaped it",
+                statistics.median(r[1] for r in rows) * 1000 - prev_t, 0.0))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=60)
+    args = parser.parse_args()
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
+    for folder in ("bgrunner", "bench"):
+        compileall.compile_dir(str(ROOT / folder), quiet=1)
+    from bench.compare import Bgrunner, _tmp_dirs
+
+    side = Bgrunner("fork")
+    side.sandbox(cap=10_000)
+    ctx = side.use()
+    from bgrunner import jobs
+    from bgrunner.forktemplate import Template
+
+    ids = [jobs.submit(ctx, jobs.prepare(ctx, TARGET, "noop", [])) for _ in range(2 * args.runs)]
+    store = ctx.store
+    a, b = socket.socketpair()
+    e1, _e2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    template = Template(a, e1, 1)
+    template.warm_up(False)
+    gc.collect()
+    gc.freeze()
+    on_demand = summarise(run(template, store, ids[:args.runs], ready_first=False))
+    ahead = summarise(run(template, store, ids[args.runs:], ready_first=True))
+    print(f"{'step':42s} {'on demand ms':>12s} {'faults':>7s}   {'ahead ms':>9s} {'faults':>7s}")
+    ahead_by_name = {name: (t, f) for name, t, f in ahead}
+    for name, t, f in on_demand:
+        at, af = ahead_by_name.get(name, (None, None))
+        right = f"{at:9.3f} {af:7.0f}" if at is not None else f"{'-':>9s} {'-':>7s}"
+        print(f"{name:42s} {t:12.3f} {f:7.0f}   {right}")
+    store.close()
+    import shutil
+
+    for path in _tmp_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

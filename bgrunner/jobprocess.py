@@ -1,0 +1,129 @@
+"""A fork-mode job process's own side: get ready, wait for the job, become the job's process.
+
+Used by ``bgrunner.forktemplate`` in each process it forks (see there for the
+hand-over). Imported by the template, so its children find it loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+
+def get_ready(ctx: Any) -> None:
+    """A job process's set-up before it has a job: what any job needs, nothing that goes stale."""
+    from bgrunner import procs
+
+    procs.become_subreaper()
+    ctx.log.prepare()
+    # The log read the allowlist for its rotation settings; the job must check the allowlist
+    # as it is on disk once it has its job, not as it was when this process was forked.
+    ctx.__dict__.pop("config", None)
+    try:
+        ctx.store.get(0)  # opens this process's own connection and warms it
+    except Exception:  # noqa: BLE001 - an unreachable store: the job reports it itself
+        pass
+
+
+class JobPipe:
+    """A waiting job process's end of its pipe: first the job (a JSON line), later ``go``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def _line(self) -> bytes | None:
+        while b"\n" not in self.buffer:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    def job(self) -> dict[str, Any] | None:
+        """Block until the job arrives; None when the pipe closes first."""
+        line = self._line()
+        if line is None:
+            return None
+        request: dict[str, Any] = json.loads(line)
+        return request
+
+    def go(self) -> bool:
+        """Block until the worker has recorded this process on the job: True; False if released."""
+        try:
+            return self._line() == b"go"
+        finally:
+            os.close(self.fd)
+
+
+def recorded_as_mine(ctx: Any, job_id: int) -> bool:
+    """The pipe closed before ``go``: is the job still running with this process recorded?
+
+    Then the worker recorded it and died (or lost the template) before saying go,
+    and the job is this process's to run. Otherwise it was released, or never
+    recorded (``jobs.reconcile`` gives such a claim back): run nothing.
+    """
+    from bgrunner import procs
+
+    try:
+        job = ctx.store.get(job_id)
+    except Exception:  # noqa: BLE001 - no store: nothing may run unrecorded
+        return False
+    pid = os.getpid()
+    return (job is not None and job.status == "running" and job.pid == pid
+            and job.pid_ctime == procs.start_time(pid))
+
+
+def redirect_output(output_dir: str, job_id: int) -> None:
+    """stdin from /dev/null; stdout and stderr appended to the job's output file."""
+    from bgrunner.launcher import open_output
+
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = open_output(output_dir, job_id)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
+def set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def exec_spawn_mode(argv: list[str]) -> NoReturn:
+    """Replace this process with a fresh ``run_job.py`` (same pid, session and output)."""
+    from bgrunner.launcher import job_command
+
+    command = job_command(argv[0], argv[1], int(argv[3]))
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os.execv(command[0], command)
+
+
+def finish(code: int) -> NoReturn:
+    """End the job's process as an interpreter exit would: atexit, flush, then leave."""
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(code if 0 <= code <= 255 else 1)
