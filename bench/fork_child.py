@@ -11,6 +11,11 @@ one by one, each timed (``perf_counter``) and counted in minor page faults
 - *forked ahead* (a spare): the process got ready first; the clock starts when the
   job is handed over.
 
+Then a baseline from the same template, in the same run: a *floor* child that
+only opens its own SQLite connection, writes the start and the end of the job
+(one UPDATE each, autocommit), appends two log lines and leaves with
+``os._exit`` — the least any job process with a store and a log must do.
+
 Most of the cost is not Python but the kernel: a fork copies the template's page
 tables, and every page a child writes first (a reference count is a write) is a
 copy-on-write fault, ~5 µs each on this VM. py-spy and pyinstrument cannot see
@@ -61,14 +66,14 @@ def child_steps(template: Any, job_id: int, ready_first: bool, go_fd: int, out_f
 
     ctx = Context.resolve()
     if ready_first:
-        get_ready(ctx)
+        get_ready(ctx, template.config_cache)
         os.read(go_fd, 1)  # the job is handed over: the clock starts again
         marks.clear()
         start = time.perf_counter()
         mark("job handed over")
     else:
         mark("leave the template")
-        get_ready(ctx)
+        get_ready(ctx, template.config_cache)
         mark("get ready (store, log, subreaper)")
     redirect_output(ctx.output_dir, job_id)
     set_title(f"bgrunner job {job_id}")
@@ -131,6 +136,45 @@ def run(template: Any, store: Any, job_ids: list[int], ready_first: bool) -> lis
     return rows
 
 
+def floor_child(db: str, log_fd: int, job_id: int, out_fd: int, t0: float) -> None:
+    """In the forked process: only the store writes and log lines a job needs, then report."""
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=30.0, isolation_level=None)
+    conn.execute("UPDATE jobs SET started_at = ? WHERE id = ?", (time.time(), job_id))
+    os.write(log_fd, b'{"event": "job_started", "job_id": "%d"}\n' % job_id)
+    conn.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time(), job_id))
+    os.write(log_fd, b'{"event": "job_completed", "job_id": "%d"}\n' % job_id)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    os.write(out_fd, json.dumps([time.perf_counter() - t0, faults]).encode())
+    os._exit(0)
+
+
+def run_floor(db: str, log_path: str, job_ids: list[int]) -> tuple[float, float, float]:
+    """(median ms until the child has written its end, its faults, ms until reaped)."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    rows = []
+    for job_id in job_ids:
+        out_r, out_w = os.pipe()
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.close(out_r)
+            floor_child(db, log_fd, job_id, out_w, t0)
+        os.close(out_w)
+        data = b""
+        while chunk := os.read(out_r, 65536):
+            data += chunk
+        os.close(out_r)
+        os.waitpid(pid, 0)
+        rows.append((*json.loads(data), time.perf_counter() - t0))
+        time.sleep(0.01)
+    os.close(log_fd)
+    rows = rows[len(rows) // 6:]
+    return (statistics.median(r[0] for r in rows) * 1000, statistics.median(r[1] for r in rows),
+            statistics.median(r[2] for r in rows) * 1000)
+
+
 def summarise(rows: list[Any]) -> list[tuple[str, float, float]]:
     """(step, median ms spent in it, median faults taken in it)."""
     rows = rows[len(rows) // 6:]  # the first runs warm the page cache
@@ -163,7 +207,7 @@ def main() -> int:
     from bgrunner import jobs
     from bgrunner.forktemplate import Template
 
-    ids = [jobs.submit(ctx, jobs.prepare(ctx, TARGET, "noop", [])) for _ in range(2 * args.runs)]
+    ids = [jobs.submit(ctx, jobs.prepare(ctx, TARGET, "noop", [])) for _ in range(3 * args.runs)]
     store = ctx.store
     a, b = socket.socketpair()
     e1, _e2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -172,13 +216,20 @@ def main() -> int:
     gc.collect()
     gc.freeze()
     on_demand = summarise(run(template, store, ids[:args.runs], ready_first=False))
-    ahead = summarise(run(template, store, ids[args.runs:], ready_first=True))
+    ahead = summarise(run(template, store, ids[args.runs:2 * args.runs], ready_first=True))
+    floor = run_floor(str(side.db), str(side.tmp / "floor.log"), ids[2 * args.runs:])
     print(f"{'step':42s} {'on demand ms':>12s} {'faults':>7s}   {'ahead ms':>9s} {'faults':>7s}")
     ahead_by_name = {name: (t, f) for name, t, f in ahead}
     for name, t, f in on_demand:
         at, af = ahead_by_name.get(name, (None, None))
         right = f"{at:9.3f} {af:7.0f}" if at is not None else f"{'-':>9s} {'-':>7s}"
         print(f"{name:42s} {t:12.3f} {f:7.0f}   {right}")
+    total = next(t for name, t, _ in on_demand if name.startswith("total"))
+    faults = next(f for name, _, f in on_demand if name.startswith("total"))
+    print(f"\nfloor (same template: fork, own SQLite connection, 2 UPDATEs, 2 log lines, _exit):\n"
+          f"{'  to its end':42s} {floor[0]:12.3f} {floor[1]:7.0f}   (bgrunner on demand: "
+          f"{total / floor[0]:.1f}x the time, {faults / max(floor[1], 1):.1f}x the faults)\n"
+          f"{'  its exit, until reaped':42s} {floor[2] - floor[0]:12.3f}")
     store.close()
     import shutil
 

@@ -319,7 +319,7 @@ class Template:
             from bgrunner.run_cli import main_queued
 
             ctx = Context.resolve()
-            jobprocess.get_ready(ctx)
+            jobprocess.get_ready(ctx, self.config_cache)
             pipe = jobprocess.JobPipe(job_fd)
             request = pipe.job()
             if request is None:  # renewed or closed before it got a job

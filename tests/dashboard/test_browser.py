@@ -138,7 +138,8 @@ def test_cancel_a_running_job_from_its_page(page: Any, server: Server, tmp_path:
 
 def test_progress_bar_moves(page: Any, server: Server, tmp_path: Path) -> None:
     """A SlowJob's progress bar advances on its page while it runs, without a reload."""
-    job_id = server.dispatch("run", {"steps": 12, "delay": 0.25}, target=SLOW)
+    # 10 s of steps: a loaded CI machine may take seconds to log in and open the page.
+    job_id = server.dispatch("run", {"steps": 40, "delay": 0.25}, target=SLOW)
     log_in(page, server, f"/jobs/{job_id}")
     page.evaluate("window.__notReloaded = true")
     bar = "document.querySelector('[data-progress]')"
@@ -154,7 +155,7 @@ def test_progress_bar_moves(page: Any, server: Server, tmp_path: Path) -> None:
     shot(page, tmp_path, "job-progress")
     assert seen == sorted(seen) and seen[-1] > seen[0]
     page.locator(".heading [data-field=status]", has_text="completed").wait_for()
-    assert page.evaluate(f"{bar}.value") == 12
+    assert page.evaluate(f"{bar}.value") == 40
     assert page.evaluate("window.__notReloaded") is True
 
 
