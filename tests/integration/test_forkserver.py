@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -466,15 +467,20 @@ def test_a_job_process_that_dies_before_its_start_is_a_failed_attempt(
     assert ctx.store.claim_next(now=time.time(), cap=1000, host=host_id()) is None
 
 
+def hand_a_marking_job(ctx: Context, server: ForkServer, sentinel: Path) -> tuple[Any, int]:
+    """Queue and claim a job that creates ``sentinel``, hand it to a process, no go yet: (job, pid)."""
+    queue(ctx, "mark", [str(sentinel)])
+    job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
+    return job, server.hand(job.id, job.target, job.method, job.attempts)
+
+
 def test_a_recorded_job_runs_even_if_its_worker_dies_before_go(ctx: Context, server: ForkServer,
                                                                tmp_path: Path) -> None:
     """The pipe closes after the pid was recorded: the job is the process's own, and it runs."""
     from bgrunner import procs
 
     sentinel = tmp_path / "ran"
-    queue(ctx, "mark", [str(sentinel)])
-    job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
-    pid = server.hand(job.id, job.target, job.method, job.attempts)
+    job, pid = hand_a_marking_job(ctx, server, sentinel)
     assert ctx.store.set_process(job.id, job.attempts, pid=pid, pid_ctime=procs.start_time(pid))
     server.close()  # as a worker killed here: the template exits, the pipe closes, no go
     assert final(ctx, job.id).status == "completed"
@@ -485,9 +491,7 @@ def test_an_unrecorded_job_never_runs_when_the_pipe_closes(ctx: Context, server:
                                                            tmp_path: Path) -> None:
     """Handed but never recorded (the worker died first): the process exits, nothing runs."""
     sentinel = tmp_path / "ran"
-    queue(ctx, "mark", [str(sentinel)])
-    job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
-    pid = server.hand(job.id, job.target, job.method, job.attempts)
+    job, pid = hand_a_marking_job(ctx, server, sentinel)
     waiting = psutil.Process(pid)
     server.close()
     waiting.wait(10)
