@@ -45,7 +45,8 @@ from bench.memory import group_uss  # noqa: E402
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 TARGET = "bench.compare_jobs:CompareJobs"
 FORK, SPAWN, RQ, RQS, HUEY = "bgrunner fork", "bgrunner spawn", "RQ Worker", "RQ SimpleWorker", "Huey"
-SYSTEMS = [FORK, SPAWN, RQ, RQS, HUEY]
+FLOOR = "fork floor"  # bench/fork_floor.py: a fork per job with nothing of bgrunner's path
+SYSTEMS = [FORK, SPAWN, RQ, RQS, HUEY, FLOOR]
 FREED = "memory freed when a running job ends (MB)"
 
 ALLOWLIST = """
@@ -434,6 +435,18 @@ def row_throughput_bgrunner(side: Bgrunner, n: int, budget: float, timeout: floa
         notes.append(f"{side.name} throughput: {count} of {n} jobs in the {budget:.0f} s budget.")
 
 
+def row_floor(n: int) -> None:
+    """bench/fork_floor.py's figures: what a fork per job costs here with no bgrunner code."""
+    import json
+
+    say(f"{FLOOR}: throughput x{n}")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "fork_floor.py"), "--jobs", str(n)],
+                         check=True, capture_output=True, text=True).stdout
+    figures = json.loads(out)
+    record("throughput, 2 workers (jobs/s)", FLOOR, figures["jobs_per_s"], "{:.1f}")
+    record("CPU per job, whole worker tree (ms)", FLOOR, figures["cpu_ms_per_job"])
+
+
 def row_throughput_rq(side: RQSide, n: int, budget: float) -> None:
     say(f"{side.name}: throughput x{n}")
     side.reset()
@@ -609,6 +622,12 @@ def write_results(path: Path, args: argparse.Namespace, elapsed: float) -> None:
         "- throughput with a timeout: the same, with `timeout = 60` for every job. A job with "
         "a timeout keeps the attempt process (the deadline is enforced from outside the "
         "method's process); without one, fork mode runs the method in the job process.",
+        "- fork floor (`bench/fork_floor.py`): a parent with the template's imports (same heap, "
+        "frozen) claims each job with one SQLite UPDATE and forks a child, two at a time; the "
+        "child opens its own connection, writes the job's start and end (an UPDATE each), "
+        "appends two log lines and `os._exit`s. No allowlist, job module, params, hand-over "
+        "or exit report: the kernel's price of a process per job plus the store's writes, "
+        "the most any fork-per-job runner on this interpreter can do here.",
         "- idle spare: a job process the fork server forked ahead, waiting for a job.",
         "- launch call: `forkserver.launch_job()` (hand the job to a waiting process, record "
         "its pid, go: two round trips to the template) vs `launcher.spawn()` (`Popen` of "
@@ -645,6 +664,7 @@ def main() -> int:
         row_latency_huey(huey, args.samples)
         for b in (fork, spawn):
             row_throughput_bgrunner(b, args.jobs, budget)
+        row_floor(args.jobs)
         for b in (fork, spawn):
             row_throughput_bgrunner(b, args.jobs // 2, budget, timeout=60)
         for r in (rq, rqs):
