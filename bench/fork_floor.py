@@ -19,9 +19,9 @@ import gc
 import json
 import os
 import resource
+import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,12 +34,14 @@ def warm_up() -> None:
     import importlib
 
     from bgrunner.forkserver import WARM_IMPORTS
+    from bgrunner.jobprocess import load_title_setter
 
-    for name in (*WARM_IMPORTS, "bgrunner.store.sqlite", "setproctitle"):
+    for name in (*WARM_IMPORTS, "bgrunner.store.sqlite"):
         try:
             importlib.import_module(name)
         except ImportError:
             pass
+    load_title_setter()
 
 
 def child(db: str, log_fd: int, job_id: int) -> None:
@@ -93,8 +95,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-floor-") as folder:
-        print(json.dumps(run(args.jobs, Path(folder))))
+    # Not tempfile: it imports random, whose at-fork handler the template does not have.
+    folder = Path(f"/tmp/bench-floor-{os.getpid()}")
+    folder.mkdir(mode=0o700)
+    try:
+        print(json.dumps(run(args.jobs, folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -80,8 +80,9 @@ class Template:
         self.files[self.ctx.config_path] = stamp(self.ctx.config_path)
         self._parse_config()
         store = "postgres" if self.ctx.database_url.startswith("postgres") else "sqlite"
-        for name in (*WARM_IMPORTS, f"bgrunner.store.{store}", "setproctitle"):
+        for name in (*WARM_IMPORTS, f"bgrunner.store.{store}"):
             self._try_import(name)  # warmth only: a job imports what is missing itself
+        jobprocess.load_title_setter()  # setproctitle's C part, without logging and threading
         if sys.platform.startswith("linux"):
             from bgrunner import procs
 
@@ -112,8 +113,7 @@ class Template:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            if name != "setproctitle":
-                self.notes.append(f"{name} not preloaded: {exc}")
+            self.notes.append(f"{name} not preloaded: {exc}")
 
     def _preload_jobs(self) -> None:
         """Import the allow-listed modules, each file stamped *before* it is read."""

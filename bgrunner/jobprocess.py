@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 
@@ -101,12 +102,53 @@ def redirect_output(output_dir: str, job_id: int) -> None:
     os.close(out)
 
 
+_title_setter: Callable[[str], None] | None = None
+
+
+def load_title_setter() -> Callable[[str], None] | None:
+    """setproctitle's C function, loaded without the package around it (None if not installed).
+
+    ``import setproctitle`` runs the package's ``__init__``, which imports ``logging``
+    and with it ``threading``. Both register at-fork handlers, and in the fork
+    server's template those would run in every job process it forks (a fork and
+    exit cost 0.85 ms here without them, 1.6 ms with them). The extension module
+    imports neither, so it is loaded from its file directly.
+    """
+    global _title_setter
+    if _title_setter is not None:
+        return _title_setter
+    import importlib.machinery
+    import importlib.util
+
+    name = "setproctitle._setproctitle"
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            package = importlib.util.find_spec("setproctitle")
+        except (ImportError, ValueError):
+            return None
+        folders = (package.submodule_search_locations or []) if package is not None else []
+        suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+        files = [os.path.join(folder, entry) for folder in folders for entry in os.listdir(folder)
+                 if entry.startswith("_setproctitle") and entry.endswith(suffixes)]
+        spec = importlib.util.spec_from_file_location(name, files[0]) if files else None
+        if spec is None or spec.loader is None:
+            return None
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except ImportError:
+            return None
+        sys.modules[name] = module
+    _title_setter = module.setproctitle
+    return _title_setter
+
+
 def set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
+    """Name the process in ``ps`` (setproctitle, when installed; else nothing)."""
+    setter = load_title_setter()
+    if setter is not None:
+        setter(title)
 
 
 def exec_spawn_mode(argv: list[str]) -> NoReturn:

@@ -9,18 +9,24 @@ store by the child, so they never appear on a command line.
 Long-lived launchers (web servers, the worker) must not collect zombies: every
 child is watched by one daemon thread that reaps it as soon as it exits and,
 if the job did not record its own end, records how the process died.
+
+``subprocess`` and ``threading`` are imported where they are used: a fork-mode
+job process imports this module for ``open_output`` and must not carry
+``threading``, whose at-fork handler would run in every job process forked.
 """
 
 from __future__ import annotations
 
 import os
 import selectors
-import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+    import threading
 
 #: Windows creation flags (constants of the Win32 API; not present in subprocess on POSIX).
 DETACHED_PROCESS = 0x00000008
@@ -55,6 +61,8 @@ def open_output(output_dir: str, job_id: int) -> int:
 
 def spawn(command: list[str], *, env: dict[str, str], output_dir: str, job_id: int) -> subprocess.Popen[bytes]:
     """Start a detached job process; its stdout and stderr go to its output file."""
+    import subprocess
+
     out = open_output(output_dir, job_id)
     try:
         return subprocess.Popen(
@@ -65,13 +73,15 @@ def spawn(command: list[str], *, env: dict[str, str], output_dir: str, job_id: i
         os.close(out)
 
 
-ExitCallback = Callable[[subprocess.Popen[bytes], Any], None]
+ExitCallback = Callable[["subprocess.Popen[bytes]", Any], None]
 
 
 class Reaper:
     """One daemon thread that waits for launched children and reaps each as it exits."""
 
     def __init__(self) -> None:
+        import threading
+
         self._lock = threading.Lock()
         self._children: dict[int, tuple[subprocess.Popen[bytes], Any, ExitCallback | None]] = {}
         self._selector = selectors.DefaultSelector()
@@ -93,6 +103,8 @@ class Reaper:
             if pidfd is not None:
                 self._selector.register(pidfd, selectors.EVENT_READ, proc.pid)
             if self._thread is None or not self._thread.is_alive():
+                import threading
+
                 self._thread = threading.Thread(target=self._loop, name="bgrunner-reaper",
                                                 daemon=True)
                 self._thread.start()

@@ -6,7 +6,6 @@ unit-tested; the job process and the worker share these exact answers.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False  # avoids importing typing in every job process
@@ -14,6 +13,14 @@ if TYPE_CHECKING:
     from bgrunner.allowlist import Policy
 
 _MAX_DOUBLINGS = 1000  # 2.0 ** 1000 is still a finite float; the cap applies long before
+
+
+def _uniform() -> float:
+    """``random.random()``, imported on first use: ``random`` reseeds itself after every
+    fork, and in a fork-mode template that would run in every job process forked."""
+    import random
+
+    return random.random()
 
 
 def exception_names(exc_type: type[BaseException]) -> list[str]:
@@ -41,7 +48,7 @@ def attempts_allowed(policy: Policy, names: Sequence[str]) -> int:
     return policy.max_attempts
 
 
-def retry_delay(policy: Policy, attempt: int, rand: Callable[[], float] = random.random) -> float:
+def retry_delay(policy: Policy, attempt: int, rand: Callable[[], float] = _uniform) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based).
 
     Exponential backoff uses full jitter (a uniform draw below the capped delay) so
@@ -58,7 +65,7 @@ def next_retry(
     policy: Policy,
     attempt: int,
     names: Sequence[str],
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] = _uniform,
 ) -> float | None:
     """After failed attempt `attempt` (1-based): seconds until the next one, or None to give up."""
     if attempt >= attempts_allowed(policy, names):

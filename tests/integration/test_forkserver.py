@@ -6,6 +6,7 @@ as the worker claims them (``store.claim_next``) before they are launched.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -498,3 +499,22 @@ def test_an_unrecorded_job_never_runs_when_the_pipe_closes(ctx: Context, server:
     assert not sentinel.exists()
     record = ctx.store.get(job.id)
     assert (record.status, record.pid) == ("running", None)  # reconcile gives it back later
+
+
+def test_the_template_imports_nothing_that_runs_at_every_fork(ctx: Context) -> None:
+    """threading, logging and random register at-fork handlers: a template on SQLite imports none."""
+    if not ctx.database_url.startswith("sqlite"):
+        pytest.skip("the PostgreSQL driver imports threading and logging itself")
+    script = textwrap.dedent("""
+        import json, socket, sys
+        from bgrunner.forktemplate import Template
+        template = Template(*socket.socketpair(), 1, spares=1)
+        template.warm_up(False)
+        print(json.dumps({"modules": sorted(sys.modules), "notes": template.notes}))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=ctx.child_env(), capture_output=True,
+                       text=True, timeout=60, check=True)
+    found = json.loads(r.stdout)
+    assert found["notes"] == []
+    assert {"bgrunner.store.sqlite", "bgrunner.runner", "setproctitle._setproctitle"} <= set(found["modules"])
+    assert {"threading", "logging", "random", "subprocess"} & set(found["modules"]) == set()
