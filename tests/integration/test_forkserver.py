@@ -25,7 +25,7 @@ import pytest
 from bgrunner import jobs
 from bgrunner.context import Context, host_id
 from bgrunner.forkserver import ForkServer, ForkServerError, launch_job
-from tests.conftest import ROOT, Project, wait_until
+from tests.conftest import ROOT, Project, gone, wait_until
 
 PROBE = "tests.fixtures:Probe"
 
@@ -149,8 +149,7 @@ def test_a_forked_job_past_its_timeout_is_killed_with_its_tree(
     assert collect_exits(server, {pid}, timeout=60) == {pid: 1}
     record = final(ctx, job_id)
     assert record.status == "failed" and "timed out after 1 s" in (record.error or "")
-    assert not psutil.pid_exists(attempt_pid) or \
-        psutil.Process(attempt_pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(attempt_pid)
 
 
 def test_a_failed_inline_attempt_is_released_for_a_fresh_process(
@@ -219,9 +218,7 @@ def test_cancel_kills_a_forked_job_tree(ctx: Context, server: ForkServer, tmp_pa
     assert ctx.store.get(job_id).status == "cancelled"
     exits = collect_exits(server, {pid})
     assert exits[pid] in (4, -signal.SIGTERM, -signal.SIGKILL)
-    wait_until(lambda: not psutil.pid_exists(attempt_pid) or
-               psutil.Process(attempt_pid).status() == psutil.STATUS_ZOMBIE,
-               message="the attempt process to die")
+    wait_until(lambda: gone(attempt_pid), message="the attempt process to die")
 
 
 def test_allowlist_is_read_by_every_job_and_makes_the_template_stale(
