@@ -497,9 +497,10 @@ def row_pending(side: Bgrunner, pending: int, measured: int, budget: float) -> f
 
 def row_launch(samples: int) -> None:
     """The fork server's launch (hand, record the pid, go), and the spawn mode's Popen."""
-    from bgrunner import jobs, launcher
+    from bgrunner import jobs
     from bgrunner.context import host_id
-    from bgrunner.forkserver import ForkServer, launch_job
+    from bgrunner.launch import spawn as launcher
+    from bgrunner.launch.forkserver import ForkServer, launch_job
 
     say(f"launch round trip x{samples}")
     side = Bgrunner("fork")

@@ -41,7 +41,7 @@ TOKEN = "bench-token"
 
 
 def fill_store(url: str, path: str, n: int) -> None:
-    from bgrunner.store import open_store
+    from bgrunner.store.factory import open_store
 
     open_store(url).counts()  # the store creates its schema
     conn = sqlite3.connect(path, isolation_level=None)

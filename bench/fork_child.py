@@ -58,8 +58,8 @@ def child_steps(template: Any, job_id: int, ready_first: bool, go_fd: int, out_f
 
     ``t0``: the parent's clock just before ``fork()`` (the same monotonic clock).
     """
-    from bgrunner.forkserver import changed
-    from bgrunner.jobprocess import get_ready, redirect_output, set_title
+    from bgrunner.job.forked import get_ready, redirect_output, set_title
+    from bgrunner.launch.forkserver import changed
 
     marks: list[tuple[str, float, int]] = []
     start = t0
@@ -94,8 +94,8 @@ def child_steps(template: Any, job_id: int, ready_first: bool, go_fd: int, out_f
     mark("read the job")
     spec = ctx.config.check(job.target, job.method)
     from bgrunner import procs
-    from bgrunner.loader import load_class, signature_callable
-    from bgrunner.params import bind_params
+    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.params import bind_params
 
     procs.start_time(os.getpid())
     mark("allowlist check")
@@ -227,7 +227,7 @@ def main() -> int:
                        "BGRUNNER_DATABASE_URL": f"sqlite:///{folder / 'jobs.db'}"})
     from bgrunner import jobs
     from bgrunner.context import Context
-    from bgrunner.forktemplate import Template
+    from bgrunner.launch.template import Template
 
     ctx = Context.resolve()
     # store.create, not jobs.submit: a submit's wake-up would import what the template has not

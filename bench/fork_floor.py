@@ -33,8 +33,8 @@ def warm_up() -> None:
     """Import what a fork-mode template imports, so a fork copies a heap of the same size."""
     import importlib
 
-    from bgrunner.forkserver import WARM_IMPORTS
-    from bgrunner.jobprocess import load_title_setter
+    from bgrunner.job.forked import load_title_setter
+    from bgrunner.launch.forkserver import WARM_IMPORTS
 
     for name in (*WARM_IMPORTS, "bgrunner.store.sqlite"):
         try:

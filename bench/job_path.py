@@ -48,7 +48,7 @@ def main() -> None:
     env = sandbox()
     rows = [
         ("python -c pass", [sys.executable, "-c", "pass"]),
-        ("python -c 'import bgrunner.run_cli'", [sys.executable, "-c", "import bgrunner.run_cli"]),
+        ("python -c 'import bgrunner.job.main'", [sys.executable, "-c", "import bgrunner.job.main"]),
         ("python run_job.py bench.jobs:Bench noop", [sys.executable, str(ROOT / "run_job.py"),
                                                      "bench.jobs:Bench", "noop"]),
     ]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from bgrunner.errors import (
     ConfigError,
     JobError,
+    JobInterrupted,
     JobNotFound,
     NotAllowedError,
     ParamsError,
@@ -18,7 +19,7 @@ from bgrunner.errors import (
     UsageError,
     WaitTimeout,
 )
-from bgrunner.reporting import cancel_requested, progress
+from bgrunner.job.reporting import cancel_requested, progress
 
 __version__ = "0.1.0"
 
@@ -28,12 +29,10 @@ _LAZY = {
     "cancel_job": "bgrunner.api",
     "wait_for": "bgrunner.api",
     "list_jobs": "bgrunner.api",
-    "JobInterrupted": "bgrunner.attempt",
-}
+    }
 
 if TYPE_CHECKING:
     from bgrunner.api import cancel_job, get_job, list_jobs, run_background_job, wait_for
-    from bgrunner.attempt import JobInterrupted
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,6 @@
 
 import sys
 
-from bgrunner.cli import main
+from bgrunner.cli.main import main
 
 sys.exit(main())

@@ -31,7 +31,7 @@ def env_flag(name: str, default: bool) -> bool:
 
 def absolute_url(url: str | None) -> str:
     """The store URL with a relative SQLite path made absolute (so children agree on it)."""
-    from bgrunner.store import DEFAULT_DATABASE_URL
+    from bgrunner.store.factory import DEFAULT_DATABASE_URL
 
     url = url or DEFAULT_DATABASE_URL
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -93,7 +93,7 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        from bgrunner.store import open_store
+        from bgrunner.store.factory import open_store
 
         return open_store(self.database_url)
 

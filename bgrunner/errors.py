@@ -1,4 +1,10 @@
-"""One exception base class; each subclass carries the exit code the CLI maps it to."""
+"""Every exception bgrunner raises, in one place.
+
+``JobError`` is the base of what an operation raises to its caller; each
+subclass carries the exit code the command line maps it to. ``JobInterrupted``
+is the one sibling: it is raised *inside* a job, and derives from
+``BaseException`` so a job's ``except Exception`` does not swallow it.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +52,21 @@ class StoreError(JobError):
     exit_code = 2
 
 
-class ResultNotSerialisable(JobError):
-    """The job's return value is not JSON-serialisable."""
-
-
 class WaitTimeout(JobError, TimeoutError):
     """The job did not reach a final state in time."""
+
+
+class TargetLoadError(JobError):
+    """The allow-listed module, class or method could not be loaded (a failed job, not retried)."""
+
+
+class ForkServerError(JobError):
+    """The fork server's template could not be started or did not fork the job (nothing started)."""
+
+
+class JobInterrupted(BaseException):
+    """Raised inside a job when it is asked to stop (SIGTERM): cancel, timeout or shutdown.
+
+    A ``BaseException`` so that a job's ``except Exception`` does not swallow it
+    and its ``finally`` blocks still run.
+    """

@@ -17,8 +17,8 @@ from bgrunner import procs
 from bgrunner.allowlist import JobSpec, target_of
 from bgrunner.context import Context, host_id
 from bgrunner.errors import JobNotFound, ParamsError, UsageError
+from bgrunner.model import JobRecord, JobStatus, NewJob
 from bgrunner.retry import next_retry
-from bgrunner.store.base import CANCELLED, FAILED, JobRecord, NewJob
 
 #: A claimed job whose process has not recorded itself after this long was never started.
 LAUNCH_GRACE = 15.0
@@ -54,8 +54,9 @@ def check_binding(target: str | type, spec: JobSpec, method: str, params: Params
         cls = getattr(sys.modules[spec.module], spec.class_name, None)
     if not isinstance(cls, type):
         return
-    from bgrunner.loader import TargetLoadError, signature_callable
-    from bgrunner.params import bind_params
+    from bgrunner.binding.loader import signature_callable
+    from bgrunner.binding.params import bind_params
+    from bgrunner.errors import TargetLoadError
 
     try:
         bind_params(signature_callable(cls, method), params)
@@ -108,7 +109,7 @@ def submit(ctx: Context, new: NewJob) -> int:
     if ctx.autostart:
         start_soon(ctx, job_id, due=new.run_at <= time.time())
     else:
-        from bgrunner.wakeup import notify
+        from bgrunner.launch.wakeup import notify
 
         notify(ctx.database_url)  # a running worker picks it up now rather than at its next poll
     return job_id
@@ -121,17 +122,18 @@ def start_soon(ctx: Context, job_id: int, *, due: bool) -> None:
         if job is not None:
             launch(ctx, job)
             return
-    from bgrunner.wakeup import ensure_worker
+    from bgrunner.launch.wakeup import ensure_worker
 
     ensure_worker(ctx)
 
 
 def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> Any:
     """Start the process of a job this process has claimed; give it back if that fails."""
-    from bgrunner import launcher
+    from bgrunner.job.command import job_command
+    from bgrunner.launch import spawn as launcher
 
     try:
-        proc = launcher.spawn(launcher.job_command(job.target, job.method, job.id),
+        proc = launcher.spawn(job_command(job.target, job.method, job.id),
                               env=ctx.child_env(), output_dir=ctx.output_dir, job_id=job.id)
     except OSError as exc:
         ctx.store.unclaim(job.id, job.attempts)
@@ -169,7 +171,7 @@ def record_death(ctx: Context, job: JobRecord, how: str, *, relaunch: bool = Tru
         delay = None
     log = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
     if delay is None:
-        if store.finish(job.id, job.attempts, status=FAILED, now=now, error=error,
+        if store.finish(job.id, job.attempts, status=JobStatus.FAILED, now=now, error=error,
                         outcome="crashed"):
             log.emit("job_failed", level="error", attempt=job.attempts, error=error,
                      traceback=None, outcome="crashed", pid=job.pid)
@@ -302,7 +304,7 @@ def submit_followups(ctx: Context, job: JobRecord) -> list[int]:
 def retry(ctx: Context, job_id: int | str) -> int:
     """A new job with the same target and params as a failed or cancelled one, linked to it."""
     old = get(ctx, job_id)
-    if old.status not in (FAILED, CANCELLED):
+    if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise UsageError(f"job {old.id} is {old.status}; only failed or cancelled jobs are retried")
     new = prepare(ctx, old.target, old.method, old.params, priority=old.priority,
                   max_attempts=old.max_attempts, retry_delay=old.retry_delay,

@@ -19,8 +19,8 @@ from typing import Any
 
 from bgrunner import jobs, procs
 from bgrunner.context import Context, host_id
-from bgrunner.runner import StopRequested, stop_signals
-from bgrunner.wakeup import Listener, lock_path
+from bgrunner.launch.wakeup import Listener, lock_path
+from bgrunner.signals import StopRequested, stop_signals
 
 #: How often the worker checks every active job against the OS, at most (seconds).
 RECONCILE_INTERVAL = 2.0
@@ -158,7 +158,8 @@ class Worker:
         """Fork mode (the default where fork() exists): a warm template forks each job."""
         if self.ctx.config.runner.launch != "fork" or not hasattr(os, "fork"):
             return
-        from bgrunner.forkserver import ForkServer, ForkServerError
+        from bgrunner.errors import ForkServerError
+        from bgrunner.launch.forkserver import ForkServer
 
         server = ForkServer(self.ctx, spares=min(self.concurrency, MAX_SPARES),
                             preload_jobs=self.ctx.config.runner.preload_jobs)
@@ -178,7 +179,7 @@ class Worker:
         ``(None, None)``: the job was cancelled since its claim; nothing started.
         """
         if self.forkserver is not None:
-            from bgrunner.forkserver import launch_job
+            from bgrunner.launch.forkserver import launch_job
 
             return launch_job(self.ctx, self.forkserver, job), None
         proc = jobs.launch(self.ctx, job, watch=False)
@@ -212,7 +213,7 @@ class Worker:
 
     def _renew_forkserver(self) -> None:
         """Code or allowlist changed on disk (or max jobs reached): a fresh template."""
-        from bgrunner.forkserver import ForkServerError
+        from bgrunner.errors import ForkServerError
 
         try:
             self.forkserver.renew()

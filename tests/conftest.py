@@ -105,7 +105,7 @@ class Project:
         return [json.loads(line) for line in path.read_text().splitlines()]
 
     def store(self) -> Any:
-        from bgrunner.store import open_store
+        from bgrunner.store.factory import open_store
 
         return open_store(self.database_url)
 

@@ -71,8 +71,9 @@ class MethodInfo:
 
 def describe_method(spec: JobSpec, method: str) -> MethodInfo:
     """Import the allowed class (never anything else) and describe one of its methods."""
-    from bgrunner.loader import TargetLoadError, load_class, signature_callable
-    from bgrunner.params import describe_signature
+    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.params import describe_signature
+    from bgrunner.errors import TargetLoadError
 
     try:
         cls = load_class(spec)
@@ -104,7 +105,7 @@ def _hints(func: Any) -> dict[str, Any]:
 
 
 def _field(param: inspect.Parameter, annotation: Any) -> Field:
-    from bgrunner.params import _type_name  # the one spelling of types users see
+    from bgrunner.binding.params import _type_name  # the one spelling of types users see
 
     kinds = inspect.Parameter
     if param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD):

@@ -18,7 +18,7 @@ from typing import Any
 
 from bgrunner import procs
 from bgrunner.eventlog import MAIN_LOG, log_files
-from bgrunner.launcher import output_path
+from bgrunner.output import output_path
 
 #: At most this many of a job's events are shown (the latest ones).
 MAX_EVENTS = 500

@@ -21,7 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bgrunner import procs
 from bgrunner.context import Context, host_id
-from bgrunner.store.base import PENDING, RETRYING, STATUSES, Store
+from bgrunner.model import STATUSES, JobStatus
+from bgrunner.store.base import Store
 
 #: Upper bounds (seconds) of the duration histogram's buckets.
 BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -84,7 +85,7 @@ def ready_count(store: Store, now: float) -> int:
     if callable(own):
         return int(own(now))
     n = 0
-    for status in (PENDING, RETRYING):
+    for status in (JobStatus.PENDING, JobStatus.RETRYING):
         n += sum(1 for job in _walk(store, status, READY_WALK_LIMIT)
                  if job.pid is None and job.run_at <= now)
     return n

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bgrunner.dashboard.forms import MAX_DELAY, MAX_PRIORITY
-from bgrunner.store.base import STATUSES
+from bgrunner.model import STATUSES
 
 MAX_LIMIT = 500
 #: Ids above this are no job (the store's integer column is 64-bit).

@@ -10,156 +10,10 @@ attempt. Callers (runner, worker, CLI, dashboard) never see SQL.
 from __future__ import annotations
 
 import builtins
-import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-PENDING = "pending"
-RUNNING = "running"
-RETRYING = "retrying"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-
-STATUSES = (PENDING, RUNNING, RETRYING, COMPLETED, FAILED, CANCELLED)
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
-#: Statuses a cancel may act on.
-CANCELLABLE = frozenset({PENDING, RETRYING, RUNNING})
-
-
-def iso(ts: float | None) -> str | None:
-    """An epoch timestamp as ISO 8601 UTC, the form every record and log line uses."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """What a submit records. Policy values are resolved from the allowlist at submit time."""
-
-    target: str
-    method: str
-    params: list[Any] | dict[str, Any]
-    priority: int = 0
-    run_at: float = 0.0
-    max_attempts: int = 3
-    retry_delay: float = 5.0
-    timeout: float = 0.0
-    then: list[dict[str, Any]] = field(default_factory=list)
-    parent_id: int | None = None
-    retry_of: int | None = None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One job as stored. Timestamps are epoch seconds; `to_dict` renders them ISO 8601."""
-
-    id: int
-    target: str
-    method: str
-    params: list[Any] | dict[str, Any]
-    status: str
-    priority: int
-    attempts: int
-    max_attempts: int
-    retry_delay: float
-    timeout: float
-    run_at: float
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    claimed_at: float | None = None
-    pid: int | None = None
-    pid_ctime: float | None = None
-    host: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    result: Any = None
-    progress: dict[str, Any] | None = None
-    then: list[dict[str, Any]] = field(default_factory=list)
-    parent_id: int | None = None
-    retry_of: int | None = None
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-    @property
-    def owned(self) -> bool:
-        """True while a process is (or should be) working on the job."""
-        return self.status == RUNNING or (self.status == RETRYING and self.pid is not None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The public record (CONTRACT §4): what `status --json` and the API print."""
-        return {
-            "id": str(self.id),
-            "target": self.target,
-            "method": self.method,
-            "params": self.params,
-            "status": self.status,
-            "priority": self.priority,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "retry_delay": self.retry_delay,
-            "timeout": self.timeout,
-            "run_at": iso(self.run_at),
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "pid": self.pid,
-            "host": self.host,
-            "error": self.error,
-            "traceback": self.traceback,
-            "result": self.result,
-            "progress": self.progress,
-            "then": self.then,
-            "parent_id": None if self.parent_id is None else str(self.parent_id),
-            "retry_of": None if self.retry_of is None else str(self.retry_of),
-        }
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    """The outcome of one attempt, kept for the job's history."""
-
-    job_id: int
-    attempt: int
-    outcome: str
-    started_at: float | None
-    finished_at: float
-    pid: int | None
-    error: str | None
-    traceback: str | None
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One action taken through the dashboard or API: who, what, when, from where."""
-
-    id: int
-    at: float
-    actor: str
-    action: str
-    job_id: int | None
-    detail: str | None
-    address: str | None
-
-
-@dataclass(frozen=True)
-class HostRecord:
-    """A host whose worker heartbeats into this store."""
-
-    host: str
-    pid: int
-    started_at: float
-    last_seen: float
-
-
-def decode_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+from bgrunner.model import AttemptRecord, AuditEntry, HostRecord, JobRecord, JobStatus, NewJob
 
 
 class Store(ABC):
@@ -175,7 +29,7 @@ class Store(ABC):
 
     # -- submit and read ---------------------------------------------------
     @abstractmethod
-    def create(self, job: NewJob, *, status: str = PENDING) -> int:
+    def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
         """Record a job durably and return its id."""
 
     @abstractmethod
@@ -267,7 +121,7 @@ class Store(ABC):
         job_id: int,
         attempt: int,
         *,
-        status: str,
+        status: JobStatus,
         now: float,
         error: str | None = None,
         traceback: str | None = None,

@@ -36,21 +36,17 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bgrunner.errors import StoreError
-from bgrunner.store.base import (
+from bgrunner.model import (
     CANCELLABLE,
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    PENDING,
-    RUNNING,
     STATUSES,
     AttemptRecord,
     AuditEntry,
     HostRecord,
     JobRecord,
+    JobStatus,
     NewJob,
-    Store,
 )
+from bgrunner.store.base import Store
 from bgrunner.store.sqlite import ACTIVE_WHERE, COLUMNS, READY_WHERE, row_to_record
 
 SCHEMA_VERSION = 2
@@ -349,7 +345,7 @@ class PostgresStore(Store):
         return Listener(self, channels or (JOBS_CHANNEL,))
 
     # -- submit and read -----------------------------------------------------------
-    def _insert(self, job: NewJob, status: str, extra: dict[str, Any], notify: bool) -> int:
+    def _insert(self, job: NewJob, status: JobStatus, extra: dict[str, Any], notify: bool) -> int:
         now = time.time()
         values: dict[str, Any] = {
             "target": job.target, "method": job.method, "params": json.dumps(job.params),
@@ -371,12 +367,12 @@ class PostgresStore(Store):
         assert row is not None
         return int(row[0])
 
-    def create(self, job: NewJob, *, status: str = PENDING) -> int:
+    def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
         return self._insert(job, status, {}, notify=True)
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         now = time.time()
-        return self._insert(job, RUNNING, {
+        return self._insert(job, JobStatus.RUNNING, {
             "attempts": 1, "started_at": now, "claimed_at": now, "pid": pid,
             "pid_ctime": pid_ctime, "host": host,
         }, notify=False)
@@ -418,7 +414,7 @@ class PostgresStore(Store):
         return [AttemptRecord(*row) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         with self._db() as conn:
             for status, n in conn.execute(
                 f"SELECT status, count(*) FROM {self.jobs} GROUP BY status"
@@ -547,11 +543,11 @@ class PostgresStore(Store):
                              (self.channel(JOBS_CHANNEL), str(job_id)))
         return True
 
-    def finish(self, job_id: int, attempt: int, *, status: str, now: float,
+    def finish(self, job_id: int, attempt: int, *, status: JobStatus, now: float,
                error: str | None = None, traceback: str | None = None,
                result: str | None = None, outcome: str | None = None,
                started_at: float | None = None) -> bool:
-        if status not in (COMPLETED, FAILED):
+        if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
             raise ValueError(f"finish() takes completed or failed, not {status!r}")
         with self._tx() as conn:
             if not self._end_attempt(conn, job_id, attempt, outcome or status, started_at, now,
@@ -639,11 +635,11 @@ class PostgresStore(Store):
             before = None if row is None else row_to_record(row)
             if before is None or before.status not in CANCELLABLE:
                 return None
-            if before.status == RUNNING:
-                self._record_attempt(conn, job_id, before.attempts, CANCELLED, before.claimed_at,
+            if before.status == JobStatus.RUNNING:
+                self._record_attempt(conn, job_id, before.attempts, JobStatus.CANCELLED, before.claimed_at,
                                      now, before.pid, "cancelled", None)
             conn.execute(
-                f"UPDATE {self.jobs} SET status = '{CANCELLED}', finished_at = %s,"
+                f"UPDATE {self.jobs} SET status = '{JobStatus.CANCELLED}', finished_at = %s,"
                 " error = 'cancelled' WHERE id = %s", (now, job_id),
             )
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel(CANCEL_CHANNEL), str(job_id)))

@@ -18,22 +18,21 @@ from contextlib import contextmanager
 from typing import Any
 
 from bgrunner.errors import StoreError
-from bgrunner.store.base import (
+from bgrunner.model import (
     CANCELLABLE,
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    PENDING,
-    RUNNING,
     STATUSES,
     AttemptRecord,
     AuditEntry,
     HostRecord,
     JobRecord,
+    JobStatus,
     NewJob,
-    Store,
-    decode_json,
 )
+from bgrunner.store.base import Store
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 SCHEMA_VERSION = 3
 
@@ -217,7 +216,7 @@ class SQLiteStore(Store):
         self._conn = None
 
     # -- submit and read -------------------------------------------------------
-    def _insert(self, job: NewJob, status: str, extra: dict[str, Any]) -> int:
+    def _insert(self, job: NewJob, status: JobStatus, extra: dict[str, Any]) -> int:
         now = time.time()
         values: dict[str, Any] = {
             "target": job.target, "method": job.method, "params": json.dumps(job.params),
@@ -236,7 +235,7 @@ class SQLiteStore(Store):
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def create(self, job: NewJob, *, status: str = PENDING) -> int:
+    def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
         """Insert with ``synchronous = FULL``: the id is returned only once the row is on disk."""
         conn = self.conn
         conn.execute("PRAGMA synchronous = FULL")
@@ -246,7 +245,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous = NORMAL")
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
-        return self._insert(job, RUNNING, {
+        return self._insert(job, JobStatus.RUNNING, {
             "attempts": 1, "started_at": None, "claimed_at": None, "pid": pid,
             "pid_ctime": pid_ctime, "host": host,
         })
@@ -286,7 +285,7 @@ class SQLiteStore(Store):
         return [AttemptRecord(*row) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for status, n in self.conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
             counts[status] = n
         return counts
@@ -378,11 +377,11 @@ class SQLiteStore(Store):
             )
         return cur.rowcount == 1
 
-    def finish(self, job_id: int, attempt: int, *, status: str, now: float,
+    def finish(self, job_id: int, attempt: int, *, status: JobStatus, now: float,
                error: str | None = None, traceback: str | None = None,
                result: str | None = None, outcome: str | None = None,
                started_at: float | None = None) -> bool:
-        if status not in (COMPLETED, FAILED):
+        if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
             raise ValueError(f"finish() takes completed or failed, not {status!r}")
         with self._tx() as conn:
             self._record_attempt(conn, job_id, attempt, outcome or status, started_at, now,
@@ -451,10 +450,10 @@ class SQLiteStore(Store):
             before = self._one(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,))
             if before is None or before.status not in CANCELLABLE:
                 return None
-            self._record_attempt(conn, job_id, before.attempts, CANCELLED, None, now,
+            self._record_attempt(conn, job_id, before.attempts, JobStatus.CANCELLED, None, now,
                                  "cancelled", None)
             conn.execute(
-                f"UPDATE jobs SET status = '{CANCELLED}', finished_at = ?,"
+                f"UPDATE jobs SET status = '{JobStatus.CANCELLED}', finished_at = ?,"
                 f" error = 'cancelled' WHERE id = ? AND status IN ({statuses})",
                 (now, job_id),
             )

@@ -6,7 +6,7 @@ import uuid
 
 import psutil
 
-from bgrunner.store import open_store
+from bgrunner.store.factory import open_store
 
 from .conftest import Server, poll
 

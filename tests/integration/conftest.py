@@ -19,7 +19,8 @@ except ImportError:  # run by the `pytest` script: the repository root is not on
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.backends import fresh_postgres_url, require_postgres, sqlite_url
 
-from bgrunner.store import Store, open_store
+from bgrunner.store.base import Store
+from bgrunner.store.factory import open_store
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

@@ -24,7 +24,8 @@ import pytest
 
 from bgrunner import jobs
 from bgrunner.context import Context, host_id
-from bgrunner.forkserver import ForkServer, ForkServerError, launch_job
+from bgrunner.errors import ForkServerError
+from bgrunner.launch.forkserver import ForkServer, launch_job
 from tests.conftest import ROOT, Project, gone, wait_until
 
 PROBE = "tests.fixtures:Probe"
@@ -366,7 +367,7 @@ def test_a_dead_worker_makes_the_template_exit_but_not_the_job(project: Project,
         import sys, time
         from bgrunner import jobs
         from bgrunner.context import Context, host_id
-        from bgrunner.forkserver import ForkServer, launch_job
+        from bgrunner.launch.forkserver import ForkServer, launch_job
         ctx = Context.resolve()
         ctx.autostart = False
         jobs.submit(ctx, jobs.prepare(ctx, {PROBE!r}, "sleep", [2, {str(sentinel)!r}]))
@@ -504,7 +505,7 @@ def test_the_template_imports_nothing_that_runs_at_every_fork(ctx: Context) -> N
         pytest.skip("the PostgreSQL driver imports threading and logging itself")
     script = textwrap.dedent("""
         import json, socket, sys
-        from bgrunner.forktemplate import Template
+        from bgrunner.launch.template import Template
         template = Template(*socket.socketpair(), 1, spares=1)
         template.warm_up(False)
         print(json.dumps({"modules": sorted(sys.modules), "notes": template.notes}))
@@ -513,5 +514,5 @@ def test_the_template_imports_nothing_that_runs_at_every_fork(ctx: Context) -> N
                        text=True, timeout=60, check=True)
     found = json.loads(r.stdout)
     assert found["notes"] == []
-    assert {"bgrunner.store.sqlite", "bgrunner.runner", "setproctitle._setproctitle"} <= set(found["modules"])
+    assert {"bgrunner.store.sqlite", "bgrunner.job.supervisor", "setproctitle._setproctitle"} <= set(found["modules"])
     assert {"threading", "logging", "random", "subprocess"} & set(found["modules"]) == set()

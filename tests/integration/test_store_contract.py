@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from bgrunner.errors import StoreError
-from bgrunner.store import Store
-from bgrunner.store.base import STATUSES, NewJob
+from bgrunner.model import STATUSES, NewJob
+from bgrunner.store.base import Store
 from tests.backends import execute_sql, fresh_postgres_url, require_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -535,7 +535,7 @@ def test_forked_child_opens_its_own_connection(store: Store) -> None:
 # -- concurrency with real processes ------------------------------------------------------
 CLAIMER = """
 import json, sys, time
-from bgrunner.store import open_store
+from bgrunner.store.factory import open_store
 url, cap, tries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = open_store(url)
 store.counts()  # connect (and check the schema) before the start signal
@@ -610,8 +610,8 @@ def test_cap_holds_with_concurrent_claimers(store: Store, database_url: str) -> 
 # -- PostgreSQL only: schema handling, errors, LISTEN/NOTIFY ---------------------------------
 OPENER = """
 import json, sys
-from bgrunner.store import open_store
-from bgrunner.store.base import NewJob
+from bgrunner.store.factory import open_store
+from bgrunner.model import NewJob
 print("ready", flush=True)
 sys.stdin.readline()
 store = open_store(sys.argv[1])
@@ -638,7 +638,7 @@ def test_pg_url_schema_parameter_is_bgrunners_own() -> None:
 def test_pg_unreachable_server_is_a_one_line_store_error() -> None:
     """An unreachable server gives a one-line StoreError naming host and database, no password."""
     pytest.importorskip("psycopg")
-    from bgrunner.store import open_store
+    from bgrunner.store.factory import open_store
 
     store = open_store("postgresql://postgres:s3cret@127.0.0.1:1/nodb?schema=x")
     with pytest.raises(StoreError) as caught:
@@ -650,7 +650,7 @@ def test_pg_unreachable_server_is_a_one_line_store_error() -> None:
 
 def test_pg_newer_schema_version_is_refused(pg_url: str) -> None:
     """A schema written by a newer bgrunner is refused with a StoreError saying so."""
-    from bgrunner.store import open_store
+    from bgrunner.store.factory import open_store
 
     first = open_store(pg_url)
     first.counts()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bgrunner.launcher import CREATE_NEW_PROCESS_GROUP, DETACHED_PROCESS, detach_options, job_command
+from bgrunner.job.command import job_command
+from bgrunner.launch.spawn import CREATE_NEW_PROCESS_GROUP, DETACHED_PROCESS, detach_options
 
 
 def test_posix_starts_a_new_session() -> None:

@@ -12,14 +12,14 @@ from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import pytest
 
-from bgrunner.errors import ParamsError, UsageError
-from bgrunner.params import (
+from bgrunner.binding.params import (
     bind_params,
     coerce,
     describe_signature,
     parse_json_params,
     split_params,
 )
+from bgrunner.errors import ParamsError, UsageError
 
 
 class Color(enum.Enum):

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from bgrunner import params
+from bgrunner.binding import params
+from bgrunner.binding.quickbind import quick_bind
 from bgrunner.errors import ParamsError
-from bgrunner.quickbind import quick_bind
 from tests.unit.test_params import Color, Job, Opaque
 
 
@@ -69,10 +69,10 @@ CASES: list[tuple[Any, Any]] = [
 def test_quick_bind_agrees_with_the_full_path(func: Any, given: Any,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Where quick_bind answers, the full path gives the same args, kwargs and types."""
-    import bgrunner.quickbind
+    import bgrunner.binding.quickbind
 
     with monkeypatch.context() as m:
-        m.setattr(bgrunner.quickbind, "quick_bind", lambda *args: None)  # the full path only
+        m.setattr(bgrunner.binding.quickbind, "quick_bind", lambda *args: None)  # the full path only
         try:
             expected: Any = params.bind_params(func, given)
         except ParamsError as exc:

@@ -28,7 +28,7 @@ from bgrunner.dashboard.views.common import (
 )
 from bgrunner.dashboard.views.pages import safe_next
 from bgrunner.errors import JobError, JobNotFound, NotAllowedError, ParamsError, UsageError
-from bgrunner.store.base import CANCELLABLE, CANCELLED, FAILED, PENDING, RETRYING, RUNNING
+from bgrunner.model import CANCELLABLE, JobStatus
 
 #: A bulk cancel stops at this many jobs per click.
 BULK_CAP = 1000
@@ -51,7 +51,7 @@ class WrongState(UsageError):
 def retry_one(ctx: Context, who: Identity, address: str, job_id: int) -> int:
     """A new job like a failed or cancelled one (``jobs.retry``); audited."""
     job = jobs.get(ctx, job_id)
-    if job.status not in (FAILED, CANCELLED):
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise WrongState(f"job {job.id} is {job.status}; only failed or cancelled jobs are retried")
     new_id = jobs.retry(ctx, job_id)
     audit(ctx, who, address, "retry", job_id, f"new job {new_id}")
@@ -82,7 +82,7 @@ def _redirect(path: str, notice: str, **extra: Any) -> RedirectResponse:
 
 def bulk_cancel_filtered(ctx: Context, who: Identity, address: str, filters: Filters) -> int:
     """Cancel up to ``BULK_CAP`` cancellable jobs matching the filters, newest first."""
-    statuses = [filters.status] if filters.status else [PENDING, RETRYING, RUNNING]
+    statuses = [filters.status] if filters.status else [JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING]
     cancelled: list[int] = []
     for status in statuses:
         if status not in CANCELLABLE:

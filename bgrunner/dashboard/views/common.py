@@ -16,7 +16,7 @@ from bgrunner.dashboard.openapi import MAX_ID
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.errors import JobNotFound, UsageError
 from bgrunner.jobs import parse_id
-from bgrunner.store.base import STATUSES
+from bgrunner.model import STATUSES
 
 PAGE_SIZE = 50
 #: Longest filter text accepted (a search is a LIKE over params and errors).

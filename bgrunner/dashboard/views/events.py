@@ -25,7 +25,7 @@ from bgrunner.dashboard.openapi import MAX_ID
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.dashboard.views.common import PAGE_SIZE, Filters, dashboard, job_id_of, parse_filters
 from bgrunner.errors import UsageError
-from bgrunner.store.base import JobRecord
+from bgrunner.model import JobRecord
 
 POLL_INTERVAL = 1.0
 STREAM_LIFETIME = 300.0

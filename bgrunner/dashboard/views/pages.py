@@ -34,7 +34,7 @@ from bgrunner.dashboard.views.common import (
     render,
 )
 from bgrunner.errors import UsageError
-from bgrunner.store.base import CANCELLABLE, FINAL_STATUSES, STATUSES
+from bgrunner.model import CANCELLABLE, FINAL_STATUSES, STATUSES
 
 #: The login form is a token and two hidden fields; anything bigger is refused.
 LOGIN_FORM_BYTES = 16 * 1024

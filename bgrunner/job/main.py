@@ -15,32 +15,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 
+from bgrunner.cmdline import OneLineParser, add_location_flags, read_params
 from bgrunner.errors import JobError, NotAllowedError, UsageError
-
-
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter without ``shutil`` (argparse builds one per ``add_argument``;
-    shutil and the compression modules it pulls in cost every job process ~1-3 ms)."""
-
-    def __init__(self, prog: str) -> None:
-        try:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns
-        except (OSError, ValueError):
-            width = 100
-        super().__init__(prog, width=max(40, width - 2))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit 2."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,23 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", type=int, metavar="N", help=argparse.SUPPRESS)
     add_location_flags(p)
     return p
-
-
-def add_location_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help="allowlist TOML (env BGRUNNER_CONFIG)")
-    p.add_argument("--log-dir", metavar="DIR", help="log folder (env BGRUNNER_LOG_DIR)")
-    p.add_argument("--database-url", metavar="URL", help="job store (env BGRUNNER_DATABASE_URL)")
-
-
-def read_params(text: str | None, json_text: str | None) -> list[Any] | dict[str, Any]:
-    """The params as given on a command line: comma-separated, or ``--json``."""
-    from bgrunner.params import parse_json_params, split_params
-
-    if text is not None and json_text is not None:
-        raise UsageError("give params either as one comma-separated argument or with --json, not both")
-    if json_text is not None:
-        return parse_json_params(json_text)
-    return split_params(text) if text is not None else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,11 +80,12 @@ def _run(ctx: Any, args: argparse.Namespace) -> int:
 
 def run_foreground(ctx: Any, args: argparse.Namespace) -> int:
     from bgrunner import procs
+    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.params import bind_params
     from bgrunner.context import host_id
-    from bgrunner.loader import TargetLoadError, load_class, signature_callable
-    from bgrunner.params import bind_params
-    from bgrunner.runner import EXIT_FAILED, Supervisor
-    from bgrunner.store.base import NewJob
+    from bgrunner.errors import TargetLoadError
+    from bgrunner.job.supervisor import EXIT_FAILED, Supervisor
+    from bgrunner.model import NewJob
 
     spec = ctx.config.check(args.target, args.method)
     params = read_params(args.params, args.json_params)
@@ -164,11 +126,11 @@ def report(ctx: Any, job_id: int, code: int) -> None:
 def fail_unstarted(ctx: Any, job: Any, exc: BaseException, *, outcome: str = "load_error") -> None:
     """Record a job that could not start (import error, bad params) as failed, not retried."""
     from bgrunner.eventlog import format_exception
-    from bgrunner.store.base import FAILED
+    from bgrunner.model import JobStatus
 
     error = str(exc)
     tb = format_exception(exc)
-    if ctx.store.finish(job.id, job.attempts, status=FAILED, now=time.time(), error=error,
+    if ctx.store.finish(job.id, job.attempts, status=JobStatus.FAILED, now=time.time(), error=error,
                         traceback=tb, outcome=outcome):
         ctx.log.emit("job_failed", level="error", job_id=str(job.id), target=job.target,
                      method=job.method, attempt=job.attempts, error=error, traceback=tb,
@@ -178,10 +140,10 @@ def fail_unstarted(ctx: Any, job: Any, exc: BaseException, *, outcome: str = "lo
 def run_queued(ctx: Any, args: argparse.Namespace) -> int:
     """Run a job a launcher claimed for us: claim the process slot, then supervise it."""
     from bgrunner import procs
-    from bgrunner.errors import ParamsError
-    from bgrunner.loader import TargetLoadError, load_class, signature_callable
-    from bgrunner.params import bind_params
-    from bgrunner.runner import EXIT_CANCELLED, EXIT_FAILED, Supervisor
+    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.params import bind_params
+    from bgrunner.errors import ParamsError, TargetLoadError
+    from bgrunner.job.supervisor import EXIT_CANCELLED, EXIT_FAILED, Supervisor
 
     job = ctx.store.get(args.job_id)
     if job is None:

@@ -49,7 +49,7 @@ def cancel_requested() -> bool:
     if now - _cancel_checked_at < 0.5:
         return False
     _cancel_checked_at = now
-    from bgrunner.store import open_store
+    from bgrunner.store.factory import open_store
 
     store = open_store()
     try:

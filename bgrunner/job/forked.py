@@ -1,6 +1,6 @@
 """A fork-mode job process's own side: get ready, wait for the job, become the job's process.
 
-Used by ``bgrunner.forktemplate`` in each process it forks (see there for the
+Used by ``bgrunner.launch.template`` in each process it forks (see there for the
 hand-over). Imported by the template, so its children find it loaded.
 """
 
@@ -91,7 +91,7 @@ def recorded_as_mine(ctx: Any, job_id: int) -> bool:
 
 def redirect_output(output_dir: str, job_id: int) -> None:
     """stdin from /dev/null; stdout and stderr appended to the job's output file."""
-    from bgrunner.launcher import open_output
+    from bgrunner.output import open_output
 
     null = os.open(os.devnull, os.O_RDONLY)
     out = open_output(output_dir, job_id)
@@ -153,7 +153,7 @@ def set_title(title: str) -> None:
 
 def exec_spawn_mode(argv: list[str]) -> NoReturn:
     """Replace this process with a fresh ``run_job.py`` (same pid, session and output)."""
-    from bgrunner.launcher import job_command
+    from bgrunner.job.command import job_command
 
     command = job_command(argv[0], argv[1], int(argv[3]))
     for stream in (sys.stdout, sys.stderr):

@@ -1,7 +1,7 @@
 """Fork-server launch mode: job processes forked from a warm template instead of a fresh Python.
 
 ``[runner] launch = "fork"``: the worker starts one *template* process
-(``python -m bgrunner.forktemplate``), a clean single-threaded interpreter that
+(``python -m bgrunner.launch.template``), a clean single-threaded interpreter that
 has imported bgrunner, its store driver and (if installed) setproctitle's C
 module once. Kept out on purpose: psutil (a job process needs it only to kill
 a timed-out attempt's tree, and its megabyte of heap would make every fork and
@@ -9,7 +9,7 @@ exit dearer), and ``threading``, ``logging`` and ``random``, whose at-fork
 handlers would run in every job process forked (with them a fork and exit cost
 1.6-2.1 ms here, without them 0.85-1.1 ms; the PostgreSQL driver brings
 ``threading`` and ``logging`` along, so there they stay). Each job
-process is forked from it, ahead of its job (see ``bgrunner.forktemplate`` for
+process is forked from it, ahead of its job (see ``bgrunner.launch.template`` for
 the hand-over: ``hand``, the worker records the pid, ``go``), and becomes a
 full job process as ``run_job.py --job-id N`` would be: a session of its own,
 stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``, the
@@ -59,11 +59,13 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from bgrunner.errors import ForkServerError
+
 if TYPE_CHECKING:
     import subprocess  # the parent side imports it where used: the template must not carry threading
 
     from bgrunner.context import Context
-    from bgrunner.store.base import JobRecord
+    from bgrunner.model import JobRecord
 
 #: Seconds the worker waits for a new template to say it is ready.
 START_TIMEOUT = 30.0
@@ -74,17 +76,13 @@ CLOSE_TIMEOUT = 5.0
 #: Modules every job process needs: imported once in the template.
 WARM_IMPORTS = (
     "argparse", "ctypes", "json", "shutil", "sqlite3", "tomllib", "traceback",
-    "bgrunner", "bgrunner.allowlist", "bgrunner.attempt", "bgrunner.context",
-    "bgrunner.eventlog", "bgrunner.jobs", "bgrunner.launcher", "bgrunner.loader",
-    "bgrunner.params", "bgrunner.procs", "bgrunner.reporting", "bgrunner.retry",
-    "bgrunner.run_cli", "bgrunner.runner", "bgrunner.store", "bgrunner.store.base",
+    "bgrunner", "bgrunner.allowlist", "bgrunner.job.attempt", "bgrunner.context",
+    "bgrunner.eventlog", "bgrunner.jobs", "bgrunner.launch.spawn", "bgrunner.binding.loader",
+    "bgrunner.binding.params", "bgrunner.procs", "bgrunner.job.reporting", "bgrunner.retry",
+    "bgrunner.job.main", "bgrunner.job.supervisor", "bgrunner.store", "bgrunner.store.base",
 )
 
 FileStamp = tuple[int, int] | None  # (st_mtime_ns, st_size), None when the file is missing
-
-
-class ForkServerError(RuntimeError):
-    """The template could not be started or did not fork the job (the job was not started)."""
 
 
 def stamp(path: str) -> FileStamp:
@@ -188,7 +186,7 @@ class ForkServer:
 
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         tid, self._next_tid = self._next_tid, self._next_tid + 1
-        command = [sys.executable, "-m", "bgrunner.forktemplate", "--fd", str(theirs.fileno()),
+        command = [sys.executable, "-m", "bgrunner.launch.template", "--fd", str(theirs.fileno()),
                    "--events-fd", str(self._events_child.fileno()), "--tid", str(tid),
                    "--parent", str(os.getpid()), "--spares", str(self.spares)]
         if self.preload_jobs:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bgrunner.store.base import JobRecord, iso
+from bgrunner.model import JobRecord, iso
 
 FOLLOW_POLL = 0.2
 
@@ -111,8 +111,9 @@ def read_log_lines(path: str, *, job_id: str | None,
 
 def allowed_jobs_text(config: Any) -> str:
     """Targets, methods with signatures and the first line of their docstrings."""
-    from bgrunner.loader import TargetLoadError, load_class, signature_callable
-    from bgrunner.params import describe_signature
+    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.params import describe_signature
+    from bgrunner.errors import TargetLoadError
 
     out: list[str] = []
     for target, spec in sorted(config.jobs.items()):

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from bgrunner import quickbind
+from bgrunner.binding import quickbind
 from bgrunner.errors import ParamsError, UsageError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})

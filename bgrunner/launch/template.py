@@ -1,8 +1,8 @@
 """The fork server's template process: a warm, single-threaded interpreter that forks job processes.
 
 Started by ``bgrunner.forkserver.ForkServer`` as
-``python -m bgrunner.forktemplate --fd N --events-fd M --tid T`` (the design is
-described in ``bgrunner.forkserver``). It never opens the job store and never
+``python -m bgrunner.launch.template --fd N --events-fd M --tid T`` (the design is
+described in ``bgrunner.launch.forkserver``). It never opens the job store and never
 starts a thread, so a forked child inherits nothing it must not share.
 
 Every job process is forked *before* its job is known: it gets ready (its
@@ -24,7 +24,7 @@ forks on demand. A waiting process runs exactly one job, then exits; it reads
 the allowlist and checks its code only once it has a job. One whose pipe closes
 (release, renewal, the worker gone) exits without running anything. The job
 process's own steps (get ready, read the pipe, output, exit) are in
-``bgrunner.jobprocess``.
+``bgrunner.job.forked``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from bgrunner import jobprocess
-from bgrunner.forkserver import WARM_IMPORTS, FileStamp, changed, stamp
+from bgrunner.job import forked as jobprocess
+from bgrunner.launch.forkserver import WARM_IMPORTS, FileStamp, changed, stamp
 
 #: Seconds without a launch before the template forks replacement spares.
 SPARE_DELAY = 0.02
@@ -316,7 +316,7 @@ class Template:
             os.setsid()
             self._leave_template()
             from bgrunner.context import Context
-            from bgrunner.run_cli import main_queued
+            from bgrunner.job.main import main_queued
 
             ctx = Context.resolve()
             jobprocess.get_ready(ctx, self.config_cache)
@@ -395,7 +395,7 @@ def _thread_count() -> int:
 def main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m bgrunner.forktemplate",
+    parser = argparse.ArgumentParser(prog="python -m bgrunner.launch.template",
                                      description="bgrunner's fork server (started by the worker)")
     parser.add_argument("--fd", type=int, required=True, help="request socket")
     parser.add_argument("--events-fd", type=int, required=True, help="exit-report socket")

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
+from bgrunner.cmdline import OneLineParser, add_location_flags, read_params
 from bgrunner.errors import JobError, UsageError
-from bgrunner.run_cli import OneLineParser, add_location_flags, read_params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +107,9 @@ def cmd_submit(ctx: Any, args: argparse.Namespace) -> int:
 
 def _check_cli_params(spec: Any, method: str, params: Any) -> None:
     """Import the allowed class and bind the params, so a bad value is exit 2 now."""
-    from bgrunner.loader import TargetLoadError, load_class, signature_callable
-    from bgrunner.params import bind_params
+    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.params import bind_params
+    from bgrunner.errors import TargetLoadError
 
     sys.path.insert(0, os.getcwd())
     try:
@@ -120,7 +121,7 @@ def _check_cli_params(spec: Any, method: str, params: Any) -> None:
 
 def cmd_status(ctx: Any, args: argparse.Namespace) -> int:
     from bgrunner import jobs
-    from bgrunner.display import describe_job
+    from bgrunner.cli.display import describe_job
 
     job = jobs.get(ctx, args.id)
     if args.json:
@@ -131,7 +132,7 @@ def cmd_status(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_list(ctx: Any, args: argparse.Namespace) -> int:
-    from bgrunner.display import job_table
+    from bgrunner.cli.display import job_table
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -156,13 +157,13 @@ def cmd_cancel(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(ctx: Any, args: argparse.Namespace) -> int:
-    from bgrunner.display import follow_file, format_event, read_log_lines
+    from bgrunner.cli.display import follow_file, format_event, read_log_lines
 
     if args.output:
         if args.id is None:
             raise UsageError("--output needs a job id")
         from bgrunner import jobs
-        from bgrunner.launcher import output_path
+        from bgrunner.output import output_path
 
         path = output_path(ctx.output_dir, jobs.parse_id(args.id))
         if not os.path.exists(path) and not args.follow:
@@ -191,7 +192,7 @@ def cmd_worker(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(ctx: Any, args: argparse.Namespace) -> int:
-    from bgrunner.display import allowed_jobs_text
+    from bgrunner.cli.display import allowed_jobs_text
 
     sys.path.insert(0, os.getcwd())
     print(allowed_jobs_text(ctx.config))

@@ -79,7 +79,7 @@ def ensure_worker(ctx: Context) -> None:
         out = os.open(os.path.join(_ensure_dir(ctx.output_dir), "worker.out"),
                       os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            from bgrunner.launcher import detach_options
+            from bgrunner.launch.spawn import detach_options
 
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bgrunner", "worker", "--auto"],
@@ -88,7 +88,7 @@ def ensure_worker(ctx: Context) -> None:
             )
         finally:
             os.close(out)
-        from bgrunner.launcher import reaper
+        from bgrunner.launch.spawn import reaper
 
         reaper().watch(proc)
     notify(ctx.database_url)

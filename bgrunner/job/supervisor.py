@@ -23,8 +23,6 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +30,9 @@ from bgrunner import procs
 from bgrunner.allowlist import JobSpec, Policy
 from bgrunner.context import Context
 from bgrunner.eventlog import EventLog
+from bgrunner.model import JobRecord, JobStatus
 from bgrunner.retry import next_retry
-from bgrunner.store.base import CANCELLED, COMPLETED, FAILED, JobRecord
+from bgrunner.signals import STOP_SIGNALS, StopRequested, stop_signals
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_CANCELLED = 0, 1, 2, 3, 4
 
@@ -43,8 +42,6 @@ PROGRESS_INTERVAL = 0.25
 TIMEOUT_NAMES = ["JobTimeout", "bgrunner.JobTimeout", "TimeoutError", "builtins.TimeoutError"]
 CRASH_NAMES = ["JobCrashed", "bgrunner.JobCrashed"]
 INTERRUPT_NAMES = ["JobInterrupted", "bgrunner.JobInterrupted"]
-#: Signals that ask a job to stop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -57,41 +54,6 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     names: list[str] = field(default_factory=list)
-
-
-class StopRequested:
-    """Flags set by signal handlers (handlers only set flags), plus a wake-up pipe for select()."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
-
-    def handler(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        try:
-            os.write(self.write_fd, b"\0")
-        except OSError:
-            pass
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.read_fd, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-
-@contextmanager
-def stop_signals(stop: StopRequested) -> Iterator[None]:
-    """Install flag-setting handlers for SIGTERM/SIGINT/SIGHUP; restore the old ones after."""
-    old = {s: signal.signal(s, stop.handler) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 class Supervisor:
@@ -132,7 +94,7 @@ class Supervisor:
         if outcome.kind == "stopped":
             return self._stopped(started)
         if outcome.kind == "completed":
-            if not store.finish(job_id, attempt, status=COMPLETED, now=now, result=outcome.result,
+            if not store.finish(job_id, attempt, status=JobStatus.COMPLETED, now=now, result=outcome.result,
                                 error=outcome.note, started_at=started):
                 return self._lost_race()
             self.log.emit("job_completed", attempt=attempt,
@@ -143,7 +105,7 @@ class Supervisor:
         delay = next_retry(self.policy, attempt, outcome.names)
         error = outcome.error or "failed"
         if delay is None:
-            if not store.finish(job_id, attempt, status=FAILED, now=now, error=error,
+            if not store.finish(job_id, attempt, status=JobStatus.FAILED, now=now, error=error,
                                 traceback=outcome.traceback, outcome=outcome.kind,
                                 started_at=started):
                 return self._lost_race()
@@ -168,7 +130,7 @@ class Supervisor:
     def _stopped(self, started: float | None) -> int:
         """A stop signal arrived: cancelled (exit 4), or interrupted and handed back for a retry."""
         job = self.ctx.store.get(self.job.id)
-        if job is not None and job.status == CANCELLED:
+        if job is not None and job.status == JobStatus.CANCELLED:
             return EXIT_CANCELLED
         signame = signal.Signals(self.stop.signum or signal.SIGTERM).name
         if self.foreground and self.stop.signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -180,7 +142,7 @@ class Supervisor:
         now = time.time()
         delay = next_retry(self.policy, self.attempt, INTERRUPT_NAMES)
         if delay is None:
-            self.ctx.store.finish(self.job.id, self.attempt, status=FAILED, now=now, error=error,
+            self.ctx.store.finish(self.job.id, self.attempt, status=JobStatus.FAILED, now=now, error=error,
                                   outcome="interrupted", started_at=started)
             self.log.emit("job_failed", level="error", attempt=self.attempt, error=error,
                           traceback=None, outcome="interrupted")
@@ -195,7 +157,7 @@ class Supervisor:
     def _lost_race(self) -> int:
         """A fenced write did not match: the job was cancelled, or given to a newer attempt."""
         job = self.ctx.store.get(self.job.id)
-        if job is not None and job.status == CANCELLED:
+        if job is not None and job.status == JobStatus.CANCELLED:
             return EXIT_CANCELLED
         self.log.emit("job_superseded", level="warning", attempt=self.attempt,
                       status=None if job is None else job.status)
@@ -226,7 +188,7 @@ class Supervisor:
                 return self._call_inline()
             finally:
                 self._flush_progress(force=True)
-        from bgrunner import attempt as attempt_process
+        from bgrunner.job import attempt as attempt_process
 
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -246,9 +208,10 @@ class Supervisor:
 
     def _call_inline(self) -> Outcome:
         """Call the method in this process; SIGTERM, SIGINT or SIGHUP raise ``JobInterrupted`` in it."""
-        from bgrunner import reporting
-        from bgrunner.attempt import JobInterrupted, encode_result
-        from bgrunner.loader import bound_method
+        from bgrunner.binding.loader import bound_method
+        from bgrunner.errors import JobInterrupted
+        from bgrunner.job import reporting
+        from bgrunner.job.attempt import encode_result
 
         def interrupt(signum: int, frame: Any) -> None:
             self.stop.handler(signum, frame)

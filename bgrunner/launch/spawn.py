@@ -21,8 +21,9 @@ import os
 import selectors
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bgrunner.output import open_output
 
 if TYPE_CHECKING:
     import subprocess
@@ -32,31 +33,12 @@ if TYPE_CHECKING:
 DETACHED_PROCESS = 0x00000008
 CREATE_NEW_PROCESS_GROUP = 0x00000200
 
-RUN_JOB = Path(__file__).resolve().parent.parent / "run_job.py"
-
 
 def detach_options(platform: str) -> dict[str, Any]:
     """The ``Popen`` keywords that detach a child from its launcher on this platform."""
     if platform == "win32":
         return {"creationflags": DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
-
-
-def job_command(target: str, method: str, job_id: int) -> list[str]:
-    """``python run_job.py target method --job-id N`` (no params: they stay in the store)."""
-    if RUN_JOB.is_file():
-        return [sys.executable, str(RUN_JOB), target, method, "--job-id", str(job_id)]
-    return [sys.executable, "-m", "bgrunner.run_cli", target, method, "--job-id", str(job_id)]
-
-
-def output_path(output_dir: str, job_id: int) -> str:
-    return os.path.join(output_dir, f"{job_id}.out")
-
-
-def open_output(output_dir: str, job_id: int) -> int:
-    """The job's output file, private, opened for appending (a retry adds to it)."""
-    os.makedirs(output_dir, mode=0o700, exist_ok=True)
-    return os.open(output_path(output_dir, job_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def spawn(command: list[str], *, env: dict[str, str], output_dir: str, job_id: int) -> subprocess.Popen[bytes]:

@@ -12,10 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bgrunner.allowlist import JobSpec
-
-
-class TargetLoadError(Exception):
-    """The allow-listed module, class or method could not be loaded (a failed job)."""
+from bgrunner.errors import TargetLoadError
 
 
 def load_class(spec: JobSpec) -> type:

@@ -14,13 +14,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-
-class JobInterrupted(BaseException):
-    """Raised inside a job when it is asked to stop (SIGTERM): cancel, timeout or shutdown.
-
-    A ``BaseException`` so that a job's ``except Exception`` does not swallow it
-    and its ``finally`` blocks still run.
-    """
+from bgrunner.errors import JobInterrupted
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -58,10 +52,10 @@ def run(fd: int, cls: type, method: str, args: list[Any], kwargs: dict[str, Any]
         die_with_parent()
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        from bgrunner import reporting
+        from bgrunner.job import reporting
 
         reporting._channel_fd = fd
-        from bgrunner.loader import bound_method
+        from bgrunner.binding.loader import bound_method
 
         value = bound_method(cls, method)(*args, **kwargs)
         text, note = encode_result(value, result_max_bytes)
