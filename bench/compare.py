@@ -499,8 +499,9 @@ def row_launch(samples: int) -> None:
     """The fork server's launch (hand, record the pid, go), and the spawn mode's Popen."""
     from bgrunner import jobs
     from bgrunner.context import host_id
+    from bgrunner.jobs import launch_forked
     from bgrunner.launch import spawn as launcher
-    from bgrunner.launch.forkserver import ForkServer, launch_job
+    from bgrunner.launch.forkserver import ForkServer
 
     say(f"launch round trip x{samples}")
     side = Bgrunner("fork")
@@ -513,7 +514,7 @@ def row_launch(samples: int) -> None:
             job = ctx.store.claim_next(now=time.time(), cap=64, host=host_id())
             time.sleep(0.05)  # a spare is waiting, as on an idle worker
             t = time.perf_counter()
-            proc = launch_job(ctx, server, job)
+            proc = launch_forked(ctx, server, job)
             fork_rt.append(time.perf_counter() - t)
             assert proc is not None
             while proc.pid not in dict(server.exits()):
@@ -630,7 +631,7 @@ def write_results(path: Path, args: argparse.Namespace, elapsed: float) -> None:
         "or exit report: the kernel's price of a process per job plus the store's writes, "
         "the most any fork-per-job runner on this interpreter can do here.",
         "- idle spare: a job process the fork server forked ahead, waiting for a job.",
-        "- launch call: `forkserver.launch_job()` (hand the job to a waiting process, record "
+        "- launch call: `forkserver.launch_forked()` (hand the job to a waiting process, record "
         "its pid, go: two round trips to the template) vs `launcher.spawn()` (`Popen` of "
         "`python run_job.py`), as the worker pays them.", "",
         *(f"- {n}" for n in notes),

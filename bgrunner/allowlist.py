@@ -15,8 +15,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from bgrunner.errors import ConfigError, JobError, NotAllowedError, UsageError
+
+if TYPE_CHECKING:
+    from bgrunner.model import JobRecord
 
 BACKOFFS = ("fixed", "exponential")
 LAUNCH_METHODS = ("spawn", "fork")
@@ -185,6 +189,11 @@ class Policy:
         given = {"max_attempts": max_attempts, "retry_delay": retry_delay, "timeout": timeout}
         changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
         return replace(self, **changes) if changes else self  # type: ignore[arg-type]
+
+    def for_job(self, job: JobRecord) -> Policy:
+        """This policy with the overrides a stored job was submitted with (they win)."""
+        return self.with_overrides(max_attempts=job.max_attempts, retry_delay=job.retry_delay,
+                                   timeout=job.timeout)
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,21 @@ class Context:
 
     @cached_property
     def log(self) -> EventLog:
+        """The event log, rotated as the allowlist's ``[runner]`` says (defaults if it is broken)."""
+        return self._open_log(self._runner_settings())
+
+    def preset_log(self, runner: RunnerSettings) -> EventLog:
+        """Open the log with these rotation settings without reading the allowlist.
+
+        For a job process forked ahead of its job: it takes the settings of the
+        template's parsed allowlist (a changed allowlist renews the template).
+        """
+        self.__dict__["log"] = log = self._open_log(runner)
+        return log
+
+    def _open_log(self, runner: RunnerSettings | None) -> EventLog:
         from bgrunner.eventlog import EventLog
 
-        runner = self._runner_settings()
         if runner is None:
             return EventLog(self.log_dir)
         return EventLog(self.log_dir, max_bytes=runner.log_max_bytes, backups=runner.log_backups)

@@ -8,11 +8,23 @@ is the one sibling: it is raised *inside* a job, and derives from
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """How ``run_job.py`` and ``bgrunner`` exit (CONTRACT §6, §7)."""
+
+    COMPLETED = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_ALLOWED = 3
+    CANCELLED = 4
+
 
 class JobError(Exception):
     """A bgrunner operation could not be carried out."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -21,7 +33,7 @@ class JobError(Exception):
 class UsageError(JobError):
     """The command line or the params are not usable."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ParamsError(UsageError):
@@ -31,25 +43,25 @@ class ParamsError(UsageError):
 class ConfigError(JobError):
     """The allowlist configuration is missing, unreadable or invalid."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class NotAllowedError(JobError):
     """The target or method is not in the allowlist."""
 
-    exit_code = 3
+    exit_code = ExitCode.NOT_ALLOWED
 
 
 class JobNotFound(JobError):
     """No job has that id."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class StoreError(JobError):
     """The job store could not be opened or used."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class WaitTimeout(JobError, TimeoutError):

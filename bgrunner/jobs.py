@@ -8,17 +8,24 @@ start time) before it believes a job is running.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from bgrunner import procs
 from bgrunner.allowlist import JobSpec, target_of
 from bgrunner.context import Context, host_id
-from bgrunner.errors import JobNotFound, ParamsError, UsageError
+from bgrunner.errors import ForkServerError, JobNotFound, ParamsError, UsageError
 from bgrunner.model import JobRecord, JobStatus, NewJob
-from bgrunner.retry import next_retry
+from bgrunner.settle import Outcome, Retry, policy_of, settle_attempt
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from bgrunner.launch.forkserver import ForkedProcess, ForkServer
 
 #: A claimed job whose process has not recorded itself after this long was never started.
 LAUNCH_GRACE = 15.0
@@ -30,7 +37,7 @@ def normalise_target(target: str | type) -> str:
     return target_of(target) if isinstance(target, type) else target
 
 
-def check_params(params: Any) -> Params:
+def check_params(params: object) -> Params:
     """Params must be a list (positional) or dict (keyword) of JSON values; a tuple is a list."""
     if params is None:
         return []
@@ -64,7 +71,7 @@ def check_binding(target: str | type, spec: JobSpec, method: str, params: Params
         raise UsageError(str(exc)) from exc
 
 
-def prepare(ctx: Context, target: str | type, method: str, params: Any, *, priority: int = 0,
+def prepare(ctx: Context, target: str | type, method: str, params: object, *, priority: int = 0,
             delay: float = 0, max_attempts: int | None = None, retry_delay: float | None = None,
             timeout: float | None = None, then: Sequence[Any] | None = None,
             parent_id: int | None = None, retry_of: int | None = None) -> NewJob:
@@ -127,7 +134,7 @@ def start_soon(ctx: Context, job_id: int, *, due: bool) -> None:
     ensure_worker(ctx)
 
 
-def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> Any:
+def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> subprocess.Popen[bytes]:
     """Start the process of a job this process has claimed; give it back if that fails."""
     from bgrunner.job.command import job_command
     from bgrunner.launch import spawn as launcher
@@ -142,13 +149,47 @@ def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> Any:
     if started is not None:
         ctx.store.set_process(job.id, job.attempts, pid=proc.pid, pid_ctime=started)
     if watch:
-        launcher.reaper().watch(proc, (ctx, job.id, job.attempts), _on_exit)
+        launcher.reaper().watch(proc, functools.partial(_on_exit, ctx, job.id, job.attempts))
     return proc
 
 
-def _on_exit(proc: Any, data: tuple[Context, int, int]) -> None:
+def launch_forked(ctx: Context, server: ForkServer, job: JobRecord) -> ForkedProcess | None:
+    """:func:`launch` for fork mode: hand the job to a forked process, record it on the job, start it.
+
+    The pid is on the job before the job starts, so the job process writes
+    nothing before its method runs. None when the job was cancelled since its
+    claim (nothing started). Raises ForkServerError when no process could be
+    started: unclaimed if none was handed the job, else a failed attempt.
+    """
+    from bgrunner.launch.forkserver import ForkedProcess
+
+    try:
+        pid = server.hand(job.id, job.target, job.method, job.attempts)
+    except ForkServerError as exc:
+        ctx.store.unclaim(job.id, job.attempts)
+        raise ForkServerError(f"cannot start job {job.id}: {exc}") from exc
+    started = procs.start_time(pid)
+    if started is not None and not ctx.store.set_process(job.id, job.attempts, pid=pid,
+                                                         pid_ctime=started):
+        server.release(pid)
+        return None  # cancelled (or taken back) since the claim: nothing to start
+    try:
+        if started is None:
+            raise ForkServerError(f"process {pid} is gone")
+        server.go(pid)
+    except ForkServerError as exc:
+        # Its process died while preparing the job (or the template did): a failed attempt,
+        # retried per policy. Unclaiming instead could claim and fail it again forever.
+        # Recorded first: a process still waiting checks the store when its pipe closes.
+        record_death(ctx, replace(job, pid=pid), f"it died before its start ({exc})",
+                     relaunch=False)
+        server.release(pid)
+        raise ForkServerError(f"cannot start job {job.id}: {exc}") from exc
+    return ForkedProcess(pid)
+
+
+def _on_exit(launching_ctx: Context, job_id: int, attempt: int, proc: subprocess.Popen[bytes]) -> None:
     """In the reaper thread: a launched job's process ended; record its death if it did not."""
-    launching_ctx, job_id, attempt = data
     ctx = dataclasses.replace(launching_ctx)  # this thread's own store connection
     try:
         job = ctx.store.get(job_id)
@@ -159,32 +200,42 @@ def _on_exit(proc: Any, data: tuple[Context, int, int]) -> None:
 
 
 def record_death(ctx: Context, job: JobRecord, how: str, *, relaunch: bool = True) -> bool:
-    """The job's process is gone without recording an end: count a failed attempt, retry per policy."""
-    store = ctx.store
-    error = f"the job's process died without reporting: {how}"
-    now = time.time()
-    try:
-        policy = ctx.config.check(job.target, job.method).policy.with_overrides(
-            max_attempts=job.max_attempts, retry_delay=job.retry_delay, timeout=job.timeout)
-        delay = next_retry(policy, job.attempts, ["JobCrashed", "bgrunner.JobCrashed"])
-    except Exception:  # no longer allowed: do not retry
-        delay = None
+    """The job's process is gone without recording an end: a failed attempt, retried per policy.
+
+    A job that was waiting between attempts in that process (``retrying``, its
+    last attempt already recorded) is only released to the workers. True if
+    this call changed the job.
+    """
+    if job.status == JobStatus.RETRYING:
+        released = ctx.store.release(job.id, job.attempts)
+        if released and relaunch and ctx.autostart:
+            start_soon(ctx, job.id, due=job.run_at <= time.time())
+        return released
     log = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
-    if delay is None:
-        if store.finish(job.id, job.attempts, status=JobStatus.FAILED, now=now, error=error,
-                        outcome="crashed"):
-            log.emit("job_failed", level="error", attempt=job.attempts, error=error,
-                     traceback=None, outcome="crashed", pid=job.pid)
-            return True
-        return False
-    if store.retry_later(job.id, job.attempts, outcome="crashed", error=error, traceback=None,
-                         run_at=now + delay, release=True, now=now):
-        log.emit("job_retrying", level="warning", attempt=job.attempts, error=error,
-                 retry_in_s=round(delay, 3), outcome="crashed", pid=job.pid)
-        if relaunch and ctx.autostart:
-            start_soon(ctx, job.id, due=delay <= 0)
-        return True
-    return False
+    decision = settle_attempt(ctx.store, log, job, job.attempts, Outcome.crashed(how),
+                              policy_of(lambda: ctx.config, job), release=True, pid=job.pid)
+    if isinstance(decision, Retry) and relaunch and ctx.autostart:
+        start_soon(ctx, job.id, due=decision.delay <= 0)
+    return decision is not None
+
+
+def recover_lost_hosts(ctx: Context, me: str, *, timeout: float, now: float) -> list[str]:
+    """Fail the running attempts of hosts whose heartbeat is older than ``timeout``; their names.
+
+    Each such attempt is retried per its policy (a worker claims it); the lost
+    host's row is removed. Called by every worker with its own host name.
+    """
+    lost = {h.host: h for h in ctx.store.hosts() if h.host != me and now - h.last_seen > timeout}
+    if not lost:
+        return []
+    for job in ctx.store.active():
+        if job.host in lost:
+            silent = now - lost[job.host].last_seen
+            record_death(ctx, job, f"host lost: no heartbeat from {job.host} for {silent:.0f} s",
+                         relaunch=False)
+    for host in lost:
+        ctx.store.remove_host(host)
+    return list(lost)
 
 
 def reconcile(ctx: Context, jobs: Iterable[JobRecord] | None = None) -> int:

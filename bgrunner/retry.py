@@ -48,7 +48,7 @@ def attempts_allowed(policy: Policy, names: Sequence[str]) -> int:
     return policy.max_attempts
 
 
-def retry_delay(policy: Policy, attempt: int, rand: Callable[[], float] = _uniform) -> float:
+def retry_delay(policy: Policy, attempt: int, rand: Callable[[], float] | None = None) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based).
 
     Exponential backoff uses full jitter (a uniform draw below the capped delay) so
@@ -58,14 +58,14 @@ def retry_delay(policy: Policy, attempt: int, rand: Callable[[], float] = _unifo
         return policy.retry_delay
     doublings = min(max(attempt, 1) - 1, _MAX_DOUBLINGS)
     ceiling = min(policy.max_retry_delay, policy.retry_delay * 2.0**doublings)
-    return rand() * ceiling
+    return (rand or _uniform)() * ceiling
 
 
 def next_retry(
     policy: Policy,
     attempt: int,
     names: Sequence[str],
-    rand: Callable[[], float] = _uniform,
+    rand: Callable[[], float] | None = None,
 ) -> float | None:
     """After failed attempt `attempt` (1-based): seconds until the next one, or None to give up."""
     if attempt >= attempts_allowed(policy, names):

@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import FrameType
 
 #: Signals that ask a job to stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -25,7 +25,7 @@ class StopRequested:
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
 
-    def handler(self, signum: int, frame: Any) -> None:
+    def handler(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
         try:
             os.write(self.write_fd, b"\0")

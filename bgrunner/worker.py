@@ -15,12 +15,18 @@ import selectors
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from bgrunner import jobs, procs
 from bgrunner.context import Context, host_id
+from bgrunner.errors import ForkServerError, JobError
 from bgrunner.launch.wakeup import Listener, lock_path
 from bgrunner.signals import StopRequested, stop_signals
+
+if TYPE_CHECKING:
+    from bgrunner.launch.forkserver import ForkServer
+    from bgrunner.model import JobRecord
+    from bgrunner.store.base import Notifications
 
 #: How often the worker checks every active job against the OS, at most (seconds).
 RECONCILE_INTERVAL = 2.0
@@ -34,15 +40,33 @@ CANCEL_WINDOW = 3600.0
 MAX_SPARES = 4
 
 
+class JobProcess(Protocol):
+    """A launched job's process as the worker tracks it: a spawned ``Popen`` or a forked one."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+
 @dataclass
 class Child:
-    proc: Any
+    """A job process this worker launched and reaps."""
+
+    proc: JobProcess
     job_id: int
     attempt: int
     pidfd: int | None
+    #: Fork mode: the exit code its template reported (a forked process is not our child).
+    reported: int | None = None
+
+    def exit_code(self) -> int | None:
+        """How it ended, or None while it runs."""
+        return self.reported if self.reported is not None else self.proc.poll()
 
 
 class Worker:
+    """The worker of one store on this host (see the module docstring)."""
+
     def __init__(self, ctx: Context, *, concurrency: int, burst: bool = False,
                  idle_exit: float | None = None) -> None:
         self.ctx = ctx
@@ -59,8 +83,8 @@ class Worker:
         self._last_cancel_check = 0.0
         self._stopped_ids: set[int] = set()
         self._idle_since = time.monotonic()
-        self.notifications: Any = None
-        self.forkserver: Any = None
+        self.notifications: Notifications | None = None
+        self.forkserver: ForkServer | None = None
 
     # -- main loop -------------------------------------------------------------
     def run(self) -> int:
@@ -117,11 +141,12 @@ class Worker:
     def _wait(self, timeout: float) -> None:
         """Sleep until a wake-up, a signal, a notification or a child's exit; consume them."""
         for key, _ in self.selector.select(timeout):
-            if key.data == "wake":
-                key.fileobj.drain()  # type: ignore[union-attr]
+            if key.data == "wake" and isinstance(key.fileobj, Listener):
+                key.fileobj.drain()
             elif key.data == "signal":
                 self.stop.drain()
             elif key.data == "notify":
+                assert self.notifications is not None
                 channels = {channel for channel, _ in self.notifications.events(0)}
                 if any(c.startswith("bgrunner_cancel") for c in channels):
                     self._stop_cancelled(force=True)
@@ -158,7 +183,6 @@ class Worker:
         """Fork mode (the default where fork() exists): a warm template forks each job."""
         if self.ctx.config.runner.launch != "fork" or not hasattr(os, "fork"):
             return
-        from bgrunner.errors import ForkServerError
         from bgrunner.launch.forkserver import ForkServer
 
         server = ForkServer(self.ctx, spares=min(self.concurrency, MAX_SPARES),
@@ -173,15 +197,13 @@ class Worker:
         self.selector.register(server.fileno(), selectors.EVENT_READ, "forkserver")
         self.forkserver = server
 
-    def _launch(self, job: Any) -> tuple[Any, int | None]:
+    def _launch(self, job: JobRecord) -> tuple[JobProcess | None, int | None]:
         """Start a claimed job's process: forked by the template, or spawned.
 
         ``(None, None)``: the job was cancelled since its claim; nothing started.
         """
         if self.forkserver is not None:
-            from bgrunner.launch.forkserver import launch_job
-
-            return launch_job(self.ctx, self.forkserver, job), None
+            return jobs.launch_forked(self.ctx, self.forkserver, job), None
         proc = jobs.launch(self.ctx, job, watch=False)
         pidfd = _pidfd(proc.pid)
         if pidfd is not None:
@@ -199,10 +221,10 @@ class Worker:
                 break
             try:
                 proc, pidfd = self._launch(job)  # gives the claim back if it cannot start
-            except Exception as exc:
+            except JobError as exc:
                 self.log.emit("worker_launch_failed", level="error", job_id=str(job.id),
                               error=str(exc))
-                if type(exc.__cause__).__name__ == "ForkServerError":
+                if isinstance(exc, ForkServerError):
                     break  # the template is gone: stale() renews it on the next round
                 continue
             if proc is None:
@@ -213,8 +235,7 @@ class Worker:
 
     def _renew_forkserver(self) -> None:
         """Code or allowlist changed on disk (or max jobs reached): a fresh template."""
-        from bgrunner.errors import ForkServerError
-
+        assert self.forkserver is not None
         try:
             self.forkserver.renew()
             self.log.emit("forkserver_renewed")
@@ -224,18 +245,20 @@ class Worker:
 
     def _forget_orphans(self) -> None:
         """Jobs whose template died: no exit will be reported; reconcile (pid + start time) has them."""
+        assert self.forkserver is not None
         for pid in self.forkserver.orphans():
             self.children.pop(pid, None)
 
     def _reap(self) -> None:
         if self.forkserver is not None:
-            for pid, code in self.forkserver.exits():
+            for pid, reported in self.forkserver.exits():
                 child = self.children.get(pid)
                 if child is not None:
-                    child.proc.returncode = code
+                    child.reported = reported
             self._forget_orphans()
         for pid, child in list(self.children.items()):
-            if child.proc.poll() is None:
+            code = child.exit_code()
+            if code is None:
                 continue
             del self.children[pid]
             if child.pidfd is not None:
@@ -243,8 +266,7 @@ class Worker:
                 os.close(child.pidfd)
             job = self.ctx.store.get(child.job_id)
             if job is not None and job.owned and job.attempts == child.attempt and job.pid == pid:
-                jobs.record_death(self.ctx, job, procs.describe_exit(child.proc.returncode),
-                                  relaunch=False)
+                jobs.record_death(self.ctx, job, procs.describe_exit(code), relaunch=False)
 
     def _maybe_reconcile(self) -> None:
         now = time.monotonic()
@@ -264,19 +286,9 @@ class Worker:
         self._last_heartbeat = now
         wall = time.time()
         self.ctx.store.heartbeat(self.host, pid=os.getpid(), now=wall)
-        timeout = self.ctx.config.runner.host_timeout
-        lost = {h.host: h for h in self.ctx.store.hosts()
-                if h.host != self.host and wall - h.last_seen > timeout}
-        if not lost:
-            return
-        for job in self.ctx.store.active():
-            if job.host in lost:
-                silent = wall - lost[job.host].last_seen
-                jobs.record_death(self.ctx, job, f"host lost: no heartbeat from {job.host} "
-                                  f"for {silent:.0f} s", relaunch=False)
-        for host in lost:
+        for host in jobs.recover_lost_hosts(self.ctx, self.host, now=wall,
+                                            timeout=self.ctx.config.runner.host_timeout):
             self.log.emit("host_lost", lost_host=host, level="warning")
-            self.ctx.store.remove_host(host)
 
     def _stop_cancelled(self, *, force: bool = False) -> None:
         """Stop this host's processes of jobs cancelled from anywhere (another host included)."""
@@ -294,25 +306,44 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------
     def _shutdown(self) -> int:
-        """First SIGTERM: no more claims, wait for running jobs. Second: cancel them."""
+        """Warm, then cold: the first SIGTERM waits for running jobs; a second one cancels them."""
+        self._take_signal()  # before the event: a SIGTERM after it is a second one
         self.log.emit("worker_stopping", running=len(self.children))
+        if self._wait_for_children(SHUTDOWN_GRACE, stop_on_signal=True):
+            return 0
+        for child in list(self.children.values()):
+            jobs.cancel(self.ctx, child.job_id, reason="worker stopped (second SIGTERM)", wait=False)
+        # The cancels' kill threads die with this process: give them the time they need.
+        runner = self.ctx.config.runner
+        self._wait_for_children(runner.cancel_grace + procs.SUPERVISOR_EXTRA_GRACE + 2,
+                                stop_on_signal=False)
+        return 0
+
+    def _take_signal(self) -> None:
+        """Consume the stop signal that arrived, so the next one can be told apart."""
         self.stop.signum = None
         self.stop.drain()
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        while self.children and time.monotonic() < deadline:
-            self._wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _wait_for_children(self, seconds: float, *, stop_on_signal: bool) -> bool:
+        """Keep reaping (and acting on cancels from elsewhere) until no child runs: True.
+
+        False when ``seconds`` passed first, or (``stop_on_signal``) another stop
+        signal arrived.
+        """
+        deadline = time.monotonic() + seconds
+        while self.children:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._wait(min(0.5, left))
             self._reap()
             self._heartbeat()
             self._stop_cancelled()  # a job cancelled from elsewhere must not hold the shutdown
             if self.stop.signum is not None:
-                for child in list(self.children.values()):
-                    jobs.cancel(self.ctx, child.job_id, reason="worker stopped (second SIGTERM)",
-                                wait=False)
-                # The cancels' kill threads die with this process: wait until they are done.
-                deadline = (time.monotonic() + self.ctx.config.runner.cancel_grace
-                            + procs.SUPERVISOR_EXTRA_GRACE + 2)
-                self.stop.signum = None
-        return 0
+                self._take_signal()
+                if stop_on_signal:
+                    return False
+        return True
 
 
 def _pidfd(pid: int) -> int | None:

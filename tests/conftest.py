@@ -1,7 +1,8 @@
 """Shared fixtures: every test gets its own store, log folder and allowlist.
 
 The project's BGRUNNER_* variables are cleared so the developer's shell cannot
-leak into a test.
+leak into a test; :func:`clean_environ` is the one rule for which variables go,
+used for the test process (``clean_env``) and for every child environment.
 """
 
 from __future__ import annotations
@@ -47,10 +48,26 @@ methods = ["process", "handle"]
 """
 
 
+def clean_environ() -> dict[str, str]:
+    """A copy of ``os.environ`` without the project's settings: every ``BGRUNNER_*`` variable
+    except the test suite's own ``BGRUNNER_TEST_*`` ones.
+
+    ``BGRUNNER_TEST_*`` (e.g. ``BGRUNNER_TEST_PG_URL``, read by ``tests/backends.py``) is kept
+    on purpose: it configures the tests, not bgrunner, so it must reach the test process and
+    the processes a test starts alike. This is the only place that decides what is cleared;
+    the autouse ``clean_env`` fixture and every child environment (``Project.env``, the
+    dashboard's ``start_server``) build on it.
+    """
+    return {k: v for k, v in os.environ.items()
+            if not (k.startswith("BGRUNNER_") and not k.startswith("BGRUNNER_TEST_"))}
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's BGRUNNER_* settings must not leak into a test (see :func:`clean_environ`)."""
+    kept = clean_environ()
     for name in list(os.environ):
-        if name.startswith("BGRUNNER_") and not name.startswith("BGRUNNER_TEST_"):
+        if name not in kept:
             monkeypatch.delenv(name)
 
 
@@ -72,7 +89,7 @@ class Project:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BGRUNNER_")}
+        env = clean_environ()
         env.update({
             "BGRUNNER_CONFIG": str(self.config),
             "BGRUNNER_LOG_DIR": str(self.log_dir),

@@ -7,7 +7,10 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bgrunner.allowlist import Config
 
 from bgrunner.model import JobRecord, iso
 
@@ -109,7 +112,7 @@ def read_log_lines(path: str, *, job_id: str | None,
         yield line, event
 
 
-def allowed_jobs_text(config: Any) -> str:
+def allowed_jobs_text(config: Config) -> str:
     """Targets, methods with signatures and the first line of their docstrings."""
     from bgrunner.binding.loader import load_class, signature_callable
     from bgrunner.binding.params import describe_signature

@@ -12,10 +12,14 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgrunner.cmdline import OneLineParser, add_location_flags, read_params
 from bgrunner.errors import JobError, UsageError
+
+if TYPE_CHECKING:
+    from bgrunner.allowlist import JobSpec
+    from bgrunner.context import Context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def cmd_submit(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner import jobs
 
     params = read_params(args.params, args.json_params)
@@ -105,7 +109,7 @@ def cmd_submit(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_cli_params(spec: Any, method: str, params: Any) -> None:
+def _check_cli_params(spec: JobSpec, method: str, params: list[Any] | dict[str, Any]) -> None:
     """Import the allowed class and bind the params, so a bad value is exit 2 now."""
     from bgrunner.binding.loader import load_class, signature_callable
     from bgrunner.binding.params import bind_params
@@ -119,7 +123,7 @@ def _check_cli_params(spec: Any, method: str, params: Any) -> None:
         raise UsageError(str(exc)) from exc
 
 
-def cmd_status(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner import jobs
     from bgrunner.cli.display import describe_job
 
@@ -131,7 +135,7 @@ def cmd_status(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner.cli.display import job_table
 
     if args.limit < 1:
@@ -144,7 +148,7 @@ def cmd_list(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cancel(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner import jobs
 
     if jobs.cancel(ctx, args.id):
@@ -156,7 +160,7 @@ def cmd_cancel(ctx: Any, args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_logs(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner.cli.display import follow_file, format_event, read_log_lines
 
     if args.output:
@@ -180,7 +184,7 @@ def cmd_logs(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner.worker import Worker
 
     runner = ctx.config.runner
@@ -191,7 +195,7 @@ def cmd_worker(ctx: Any, args: argparse.Namespace) -> int:
     return Worker(ctx, concurrency=concurrency, burst=args.burst, idle_exit=idle).run()
 
 
-def cmd_jobs(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_jobs(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner.cli.display import allowed_jobs_text
 
     sys.path.insert(0, os.getcwd())
@@ -209,7 +213,7 @@ def parse_age(text: str) -> float:
         raise UsageError(f"--older-than: not an age: {text!r} (e.g. 30d, 12h, 3600)") from None
 
 
-def cmd_prune(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
     age = parse_age(args.older_than)
     if age < 0:
         raise UsageError("--older-than must not be negative")
@@ -218,7 +222,7 @@ def cmd_prune(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dashboard(ctx: Any, args: argparse.Namespace) -> int:
+def cmd_dashboard(ctx: Context, args: argparse.Namespace) -> int:
     try:
         from bgrunner.dashboard.server import serve
     except ImportError as exc:

@@ -12,12 +12,13 @@ import json
 import os
 import signal
 import sys
+from types import FrameType
 from typing import Any, NoReturn
 
 from bgrunner.errors import JobInterrupted
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise JobInterrupted("terminated by SIGTERM")
 
 
@@ -62,17 +63,12 @@ def run(fd: int, cls: type, method: str, args: list[Any], kwargs: dict[str, Any]
         send(fd, {"type": "result", "result": text, "note": note})
         code = 0
     except BaseException as exc:  # everything the job raises is its outcome
-        import traceback
+        from bgrunner.settle import Outcome
 
-        from bgrunner.retry import exception_names
-
+        outcome = Outcome.from_exception(exc)
         try:
-            send(fd, {
-                "type": "error",
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": "".join(traceback.format_exception(exc)),
-                "names": exception_names(type(exc)),
-            })
+            send(fd, {"type": "error", "error": outcome.error, "traceback": outcome.traceback,
+                      "names": list(outcome.names)})
         except OSError:
             pass
     finally:

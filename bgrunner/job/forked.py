@@ -1,7 +1,11 @@
 """A fork-mode job process's own side: get ready, wait for the job, become the job's process.
 
-Used by ``bgrunner.launch.template`` in each process it forks (see there for the
-hand-over). Imported by the template, so its children find it loaded.
+The fork server's template (``bgrunner.launch.template``) forks each job process
+ahead of its job and calls :func:`run` in it; everything from there on is this
+module's: get ready, read the job from the pipe, prepare it while the worker
+records the pid, wait for ``go``, run the job as ``run_job.py --job-id N``
+would (``job.main.run_queued``), exit. Imported by the template, so its
+children find it loaded.
 """
 
 from __future__ import annotations
@@ -10,26 +14,76 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from bgrunner.allowlist import Config
+    from bgrunner.context import Context
+
+#: The template's parsed allowlist and the bytes it was parsed from.
+ConfigCache = tuple[bytes, "Config"]
 
 
-def get_ready(ctx: Any, config_cache: tuple[bytes, Any] | None = None) -> None:
+def run(job_fd: int, config_cache: ConfigCache | None, code_changed: Callable[[], bool]) -> NoReturn:
+    """A freshly forked job process: get ready, wait on ``job_fd`` for a job, run it, exit.
+
+    ``code_changed``: whether a file the template imported has changed on disk
+    since; then the job runs as a fresh ``run_job.py`` (same pid).
+    Random state needs no reseeding: ``random`` does it after every fork.
+    """
+    code = 1
+    try:
+        from bgrunner.context import Context
+        from bgrunner.job.main import run_queued
+
+        ctx = Context.resolve()
+        get_ready(ctx, config_cache)
+        pipe = JobPipe(job_fd)
+        request = pipe.job()
+        if request is None:  # renewed or closed before it got a job
+            finish(0)
+        job_id, target, method = int(request["job_id"]), str(request["target"]), str(request["method"])
+        redirect_output(ctx.output_dir, job_id)
+        set_title(f"bgrunner job {job_id} {target}.{method}")
+
+        def wait_for_go() -> bool:
+            return pipe.go() or recorded_as_mine(ctx, job_id)
+
+        if code_changed():  # imported code edited since the template read it
+            # Not before go: the exec closes the pipe, and the job must be ours to run.
+            if not wait_for_go():
+                finish(0)
+            exec_spawn_mode(target, method, job_id)
+        sys.argv = ["run_job.py", target, method, "--job-id", str(job_id)]
+        if config_cache is not None:
+            ctx.adopt_config(*config_cache)  # the file is read again: only the parsing is spared
+        code = run_queued(ctx, target, method, job_id, inline=True, wait_for_go=wait_for_go)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - whatever happens, this process must end here
+        try:
+            import traceback
+
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        finish(code)
+
+
+def get_ready(ctx: Context, config_cache: ConfigCache | None = None) -> None:
     """A job process's set-up before it has a job: what any job needs, nothing that goes stale.
 
-    ``config_cache``: the template's parsed allowlist and the bytes it came from.
-    The log needs the allowlist's rotation settings; taking them from the cache
-    when the file is unchanged spares parsing the TOML in every job process
-    (~1.2 ms and ~150 page faults here: ``python bench/fork_child.py``).
+    ``config_cache``: the template's parsed allowlist. The log needs its rotation
+    settings; taking them from there spares parsing the TOML in every job
+    process (~1.2 ms and ~150 page faults here: ``python bench/fork_child.py``).
+    The allowlist itself is read from disk only once the job is known.
     """
     from bgrunner import procs
 
     procs.become_subreaper()
-    if config_cache is not None:
-        ctx.adopt_config(*config_cache)
-    ctx.log.prepare()
-    # The job must check the allowlist as it is on disk once it has its job, not as it
-    # was when this process got ready: forget it here, read it again then.
-    ctx.__dict__.pop("config", None)
+    log = ctx.preset_log(config_cache[1].runner) if config_cache is not None else ctx.log
+    log.prepare()
     try:
         ctx.store.get(0)  # opens this process's own connection and warms it
     except Exception:  # noqa: BLE001 - an unreachable store: the job reports it itself
@@ -71,7 +125,7 @@ class JobPipe:
             os.close(self.fd)
 
 
-def recorded_as_mine(ctx: Any, job_id: int) -> bool:
+def recorded_as_mine(ctx: Context, job_id: int) -> bool:
     """The pipe closed before ``go``: is the job still running with this process recorded?
 
     Then the worker recorded it and died (or lost the template) before saying go,
@@ -151,11 +205,11 @@ def set_title(title: str) -> None:
         setter(title)
 
 
-def exec_spawn_mode(argv: list[str]) -> NoReturn:
+def exec_spawn_mode(target: str, method: str, job_id: int) -> NoReturn:
     """Replace this process with a fresh ``run_job.py`` (same pid, session and output)."""
     from bgrunner.job.command import job_command
 
-    command = job_command(argv[0], argv[1], int(argv[3]))
+    command = job_command(target, method, job_id)
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()

@@ -12,13 +12,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from bgrunner.cmdline import OneLineParser, add_location_flags, read_params
-from bgrunner.errors import JobError, NotAllowedError, UsageError
+from bgrunner.errors import ExitCode, JobError, UsageError
+
+if TYPE_CHECKING:
+    from bgrunner.allowlist import JobSpec
+    from bgrunner.context import Context
+    from bgrunner.model import JobRecord
+    from bgrunner.settle import Outcome
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,48 +49,31 @@ def main(argv: list[str] | None = None) -> int:
     from bgrunner.context import Context
 
     ctx = Context.resolve(args.config, args.log_dir, args.database_url)
-    return _run(ctx, args)
+    if args.job_id is not None:
+        return run_queued(ctx, args.target, args.method, args.job_id)
+    return _reporting_errors(ctx, args.target, args.method, lambda: run_foreground(ctx, args))
 
 
-def main_queued(ctx: Any, target: str, method: str, job_id: int, *, inline: bool = False,
-                wait_for_go: Callable[[], bool] | None = None) -> int:
-    """``main([target, method, "--job-id", N])`` without parsing a command line.
-
-    For the fork server's children (argparse costs a job process ~1-2 ms): the
-    arguments are the ones the worker sent, and ``ctx`` is resolved from the
-    same environment a ``run_job.py`` child would read. ``inline``: a job with
-    no timeout runs in this process, without an attempt fork (see ``runner``).
-    ``wait_for_go``: the launcher records this process on the job itself and
-    says when (False: the job was taken back); nothing is written before.
-    """
-    args = argparse.Namespace(target=target, method=method, params=None, json_params=None,
-                              max_attempts=None, retry_delay=None, timeout=None, job_id=job_id,
-                              config=None, log_dir=None, database_url=None, inline=inline,
-                              wait_for_go=wait_for_go)
-    return _run(ctx, args)
-
-
-def _run(ctx: Any, args: argparse.Namespace) -> int:
+def _reporting_errors(ctx: Context, target: str, method: str, run: Callable[[], int]) -> int:
+    """``run()``, with a JobError as one line on stderr, its exit code, and a ``job_rejected`` event."""
     try:
-        if args.job_id is not None:
-            return run_queued(ctx, args)
-        return run_foreground(ctx, args)
+        return run()
     except JobError as exc:
-        if isinstance(exc, NotAllowedError | UsageError) or exc.exit_code in (2, 3):
-            ctx.log.emit("job_rejected", level="error", target=args.target, method=args.method,
+        if exc.exit_code in (ExitCode.USAGE, ExitCode.NOT_ALLOWED):  # refused, not failed
+            ctx.log.emit("job_rejected", level="error", target=target, method=method,
                          reason=str(exc))
         print(f"run_job.py: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def run_foreground(ctx: Any, args: argparse.Namespace) -> int:
+def run_foreground(ctx: Context, args: argparse.Namespace) -> int:
+    """Record the job as running in this process and supervise it here, retries included."""
     from bgrunner import procs
-    from bgrunner.binding.loader import load_class, signature_callable
-    from bgrunner.binding.params import bind_params
     from bgrunner.context import host_id
     from bgrunner.errors import TargetLoadError
-    from bgrunner.job.supervisor import EXIT_FAILED, Supervisor
+    from bgrunner.job.supervisor import Supervisor
     from bgrunner.model import NewJob
+    from bgrunner.settle import Outcome
 
     spec = ctx.config.check(args.target, args.method)
     params = read_params(args.params, args.json_params)
@@ -96,25 +84,25 @@ def run_foreground(ctx: Any, args: argparse.Namespace) -> int:
                  timeout=policy.timeout)
     pid = os.getpid()
     try:
-        cls = load_class(spec)
-        call_args, call_kwargs = bind_params(signature_callable(cls, args.method), params)
-    except TargetLoadError as exc:
-        job_id = ctx.store.create_running(new, pid=pid, pid_ctime=procs.start_time(pid) or 0.0,
-                                          host=host_id())
-        job = ctx.store.get(job_id)
-        fail_unstarted(ctx, job, exc)
-        print(f"run_job.py: job {job_id} failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    job_id = ctx.store.create_running(new, pid=pid, pid_ctime=procs.start_time(pid) or 0.0,
-                                      host=host_id())
-    os.environ["BGRUNNER_JOB_ID"] = str(job_id)
-    job = ctx.store.get(job_id)
-    code = Supervisor(ctx, spec, cls, job, call_args, call_kwargs, foreground=True).run()
-    report(ctx, job_id, code)
+        bound: _Prepared | None = _bind(spec, args.method, params)
+        failure = None
+    except TargetLoadError as exc:  # recorded as a failed job; bad params are a usage error
+        bound, failure = None, exc
+    job = ctx.store.get(ctx.store.create_running(
+        new, pid=pid, pid_ctime=procs.start_time(pid) or 0.0, host=host_id()))
+    assert job is not None
+    if bound is None:
+        assert failure is not None
+        _fail_unstarted(ctx, job, Outcome.unstartable("load_error", failure))
+        print(f"run_job.py: job {job.id} failed: {failure}", file=sys.stderr)
+        return ExitCode.FAILED
+    os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    code = Supervisor(ctx, spec, bound.cls, job, bound.args, bound.kwargs, foreground=True).run()
+    _report(ctx, job.id)
     return code
 
 
-def report(ctx: Any, job_id: int, code: int) -> None:
+def _report(ctx: Context, job_id: int) -> None:
     """One line on stderr saying how the foreground job ended (stdout stays the job's)."""
     job = ctx.store.get(job_id)
     if job is None:
@@ -123,66 +111,101 @@ def report(ctx: Any, job_id: int, code: int) -> None:
     print(f"job {job_id} {job.status} after {job.attempts} attempt(s){detail}", file=sys.stderr)
 
 
-def fail_unstarted(ctx: Any, job: Any, exc: BaseException, *, outcome: str = "load_error") -> None:
-    """Record a job that could not start (import error, bad params) as failed, not retried."""
-    from bgrunner.eventlog import format_exception
-    from bgrunner.model import JobStatus
+def _fail_unstarted(ctx: Context, job: JobRecord, outcome: Outcome) -> None:
+    """Settle a job that could not start (no longer allowed, import error, bad params): failed."""
+    from bgrunner.settle import settle_attempt
 
-    error = str(exc)
-    tb = format_exception(exc)
-    if ctx.store.finish(job.id, job.attempts, status=JobStatus.FAILED, now=time.time(), error=error,
-                        traceback=tb, outcome=outcome):
-        ctx.log.emit("job_failed", level="error", job_id=str(job.id), target=job.target,
-                     method=job.method, attempt=job.attempts, error=error, traceback=tb,
-                     outcome=outcome)
+    log = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
+    settle_attempt(ctx.store, log, job, job.attempts, outcome, None)
 
 
-def run_queued(ctx: Any, args: argparse.Namespace) -> int:
-    """Run a job a launcher claimed for us: claim the process slot, then supervise it."""
-    from bgrunner import procs
+@dataclass(frozen=True)
+class _Prepared:
+    """A job ready to call: its allowlist entry, its class, and its params bound and converted."""
+
+    spec: JobSpec
+    cls: type
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Unstartable:
+    """A job that cannot start, how it is recorded, and the exit code it ends this process with."""
+
+    outcome: Outcome
+    exit_code: int
+
+
+def _bind(spec: JobSpec, method: str, params: list[Any] | dict[str, Any]) -> _Prepared:
+    """Import the allowed class and bind the params (TargetLoadError, ParamsError)."""
     from bgrunner.binding.loader import load_class, signature_callable
     from bgrunner.binding.params import bind_params
-    from bgrunner.errors import ParamsError, TargetLoadError
-    from bgrunner.job.supervisor import EXIT_CANCELLED, EXIT_FAILED, Supervisor
 
-    job = ctx.store.get(args.job_id)
-    if job is None:
-        raise UsageError(f"no job {args.job_id} in {ctx.database_url}")
-    if (job.target, job.method) != (args.target, args.method):
-        raise UsageError(f"job {job.id} is {job.target} {job.method}, not {args.target} {args.method}")
-    pid = os.getpid()
-    started = procs.start_time(pid) or 0.0
-    go: Callable[[], bool] | None = getattr(args, "wait_for_go", None)
-    if job.status != "running":
-        return EXIT_CANCELLED if job.status == "cancelled" else 0
-    # Spawned: the launcher may have recorded this process already; then the write is skipped.
-    recorded = job.pid == pid and job.pid_ctime == started
-    if go is None and not recorded and not ctx.store.set_process(job.id, job.attempts, pid=pid,
-                                                                 pid_ctime=started):
-        current = ctx.store.get(job.id)
-        return EXIT_CANCELLED if current is not None and current.status == "cancelled" else 0
-    job = replace(job, pid=pid, pid_ctime=started)
-    os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    cls = load_class(spec)
+    args, kwargs = bind_params(signature_callable(cls, method), params)
+    return _Prepared(spec, cls, args, kwargs)
+
+
+def _prepare(ctx: Context, job: JobRecord) -> _Prepared | _Unstartable:
+    """Check the allowlist as it is on disk now, import, bind: ready, or why the job cannot start."""
+    from bgrunner.errors import ParamsError, TargetLoadError
+    from bgrunner.settle import Outcome
+
     try:
         spec = ctx.config.check(job.target, job.method)
     except JobError as exc:
-        if go is not None and not go():
-            return 0
-        fail_unstarted(ctx, job, exc, outcome="rejected")
-        return exc.exit_code
+        return _Unstartable(Outcome.unstartable("rejected", exc), exc.exit_code)
     try:
-        cls = load_class(spec)
-        call_args, call_kwargs = bind_params(signature_callable(cls, job.method), job.params)
-    except (TargetLoadError, ParamsError) as exc:
-        if go is not None and not go():
-            return 0
-        fail_unstarted(ctx, job, exc, outcome="invalid_params" if isinstance(exc, ParamsError)
-                       else "load_error")
-        return 2 if isinstance(exc, ParamsError) else EXIT_FAILED
+        return _bind(spec, job.method, job.params)
+    except ParamsError as exc:
+        return _Unstartable(Outcome.unstartable("invalid_params", exc), ExitCode.USAGE)
+    except TargetLoadError as exc:
+        return _Unstartable(Outcome.unstartable("load_error", exc), ExitCode.FAILED)
+
+
+def run_queued(ctx: Context, target: str, method: str, job_id: int, *, inline: bool = False,
+               wait_for_go: Callable[[], bool] | None = None) -> int:
+    """Be the process of a job a launcher has claimed: prepare it, then supervise it.
+
+    Spawned (``run_job.py --job-id N``): this process records itself on the job
+    unless the launcher already did. Forked (``wait_for_go``): the launcher
+    records it and then says go (False: the job was taken back); nothing is
+    written before. ``inline``: a job with no timeout runs in this process,
+    without an attempt fork (see ``job.supervisor``).
+    """
+    return _reporting_errors(ctx, target, method,
+                             lambda: _run_queued(ctx, target, method, job_id, inline, wait_for_go))
+
+
+def _run_queued(ctx: Context, target: str, method: str, job_id: int, inline: bool,
+                go: Callable[[], bool] | None) -> int:
+    from bgrunner import procs
+    from bgrunner.job.supervisor import Supervisor
+    from bgrunner.model import JobStatus
+
+    job = ctx.store.get(job_id)
+    if job is None:
+        raise UsageError(f"no job {job_id} in {ctx.database_url}")
+    if (job.target, job.method) != (target, method):
+        raise UsageError(f"job {job.id} is {job.target} {job.method}, not {target} {method}")
+    pid = os.getpid()
+    started = procs.start_time(pid) or 0.0
+    recorded = job.pid == pid and job.pid_ctime == started
+    if job.status != JobStatus.RUNNING or (go is None and not recorded and not ctx.store.set_process(
+            job.id, job.attempts, pid=pid, pid_ctime=started)):
+        current = job if job.status != JobStatus.RUNNING else ctx.store.get(job.id)
+        return ExitCode.CANCELLED if current is not None and current.status == JobStatus.CANCELLED else 0
+    job = replace(job, pid=pid, pid_ctime=started)
+    os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    prepared = _prepare(ctx, job)
     if go is not None and not go():
         return 0  # taken back (cancelled since the claim): nothing ran, nothing to record
-    return Supervisor(ctx, spec, cls, job, call_args, call_kwargs, foreground=False,
-                      inline=getattr(args, "inline", False)).run()
+    if isinstance(prepared, _Unstartable):
+        _fail_unstarted(ctx, job, prepared.outcome)
+        return prepared.exit_code
+    return Supervisor(ctx, prepared.spec, prepared.cls, job, prepared.args, prepared.kwargs,
+                      foreground=False, inline=inline).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,10 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bgrunner.store.base import Store
 
 #: Set by the attempt process to the pipe of its supervisor.
 _channel_fd: int | None = None
@@ -39,7 +42,8 @@ def progress(done: float, total: float | None = None, message: str | None = None
 def cancel_requested() -> bool:
     """True once the running job has been cancelled: a job may poll it to stop cleanly.
 
-    Reads the job store at most twice a second; outside a job it is always False.
+    Reads the job store at most twice a second, over one connection kept for the
+    process; outside a job it is always False.
     """
     global _cancel_checked_at, _cancel_seen
     job_id = os.environ.get("BGRUNNER_JOB_ID")
@@ -49,12 +53,19 @@ def cancel_requested() -> bool:
     if now - _cancel_checked_at < 0.5:
         return False
     _cancel_checked_at = now
-    from bgrunner.store.factory import open_store
-
-    store = open_store()
-    try:
-        job = store.get(int(job_id))
-    finally:
-        store.close()
+    job = _store().get(int(job_id))
     _cancel_seen = job is not None and job.status == "cancelled"
     return _cancel_seen
+
+
+_opened: tuple[int, Store] | None = None  # (owner pid, store): a forked child opens its own
+
+
+def _store() -> Store:
+    """This process's store for cancel checks, opened on first use from ``BGRUNNER_DATABASE_URL``."""
+    global _opened
+    if _opened is None or _opened[0] != os.getpid():
+        from bgrunner.store.factory import open_store
+
+        _opened = (os.getpid(), open_store())
+    return _opened[1]

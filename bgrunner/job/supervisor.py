@@ -3,8 +3,8 @@
 ``run_job.py`` becomes the supervisor of its job. Each attempt is forked into a
 process group of its own (see ``attempt.py``); the supervisor waits for it with
 a deadline, kills its whole tree when the deadline passes or the job is
-cancelled, decides on a retry with the pure ``retry.next_retry`` and writes
-every state change to the store, fenced by the attempt number.
+cancelled, and settles each attempt through ``settle.settle_attempt`` (the one
+place that decides on a retry and writes it, fenced by the attempt number).
 
 *Inline* (a queued job with no timeout): the job's process calls the method
 itself, without the attempt fork. Nothing needs watching from outside: a
@@ -23,37 +23,20 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from bgrunner import procs
 from bgrunner.allowlist import JobSpec, Policy
 from bgrunner.context import Context
+from bgrunner.errors import ExitCode
 from bgrunner.eventlog import EventLog
 from bgrunner.model import JobRecord, JobStatus
-from bgrunner.retry import next_retry
+from bgrunner.settle import Complete, Outcome, Retry, settle_attempt
 from bgrunner.signals import STOP_SIGNALS, StopRequested, stop_signals
-
-EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_CANCELLED = 0, 1, 2, 3, 4
 
 #: How often progress reports reach the store at most (seconds).
 PROGRESS_INTERVAL = 0.25
-
-TIMEOUT_NAMES = ["JobTimeout", "bgrunner.JobTimeout", "TimeoutError", "builtins.TimeoutError"]
-CRASH_NAMES = ["JobCrashed", "bgrunner.JobCrashed"]
-INTERRUPT_NAMES = ["JobInterrupted", "bgrunner.JobInterrupted"]
-
-
-@dataclass
-class Outcome:
-    """What one attempt came to."""
-
-    kind: str  # "completed" | "error" | "timeout" | "crashed" | "stopped"
-    result: str | None = None
-    note: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    names: list[str] = field(default_factory=list)
 
 
 class Supervisor:
@@ -65,8 +48,7 @@ class Supervisor:
         self.ctx, self.spec, self.cls, self.job = ctx, spec, cls, job
         self.args, self.kwargs = args, kwargs
         self.foreground = foreground
-        self.policy: Policy = spec.policy.with_overrides(
-            max_attempts=job.max_attempts, retry_delay=job.retry_delay, timeout=job.timeout)
+        self.policy: Policy = spec.policy.for_job(job)
         # Inline only where no deadline must be enforced from outside the method's process.
         self.inline = inline and not foreground and self.policy.timeout <= 0
         self.attempt = job.attempts
@@ -83,85 +65,61 @@ class Supervisor:
                 started = time.time()
                 self.log.emit("job_started", attempt=self.attempt)
                 outcome = self._run_attempt()
-                code = self._record(outcome, started)
+                if outcome is None:
+                    return self._stopped(started)
+                code = self._settle(outcome, started)
                 if code is not None:
                     return code
 
-    def _record(self, outcome: Outcome, started: float) -> int | None:
-        """Write the attempt's outcome; an exit code when the job is done, None to go again."""
-        store, job_id, attempt = self.ctx.store, self.job.id, self.attempt
-        now = time.time()
-        if outcome.kind == "stopped":
-            return self._stopped(started)
-        if outcome.kind == "completed":
-            if not store.finish(job_id, attempt, status=JobStatus.COMPLETED, now=now, result=outcome.result,
-                                error=outcome.note, started_at=started):
-                return self._lost_race()
-            self.log.emit("job_completed", attempt=attempt,
-                          duration_ms=round((now - started) * 1000, 3),
-                          **({"warning": outcome.note} if outcome.note else {}))
-            self._enqueue_followups()
-            return EXIT_COMPLETED
-        delay = next_retry(self.policy, attempt, outcome.names)
-        error = outcome.error or "failed"
-        if delay is None:
-            if not store.finish(job_id, attempt, status=JobStatus.FAILED, now=now, error=error,
-                                traceback=outcome.traceback, outcome=outcome.kind,
-                                started_at=started):
-                return self._lost_race()
-            self.log.emit("job_failed", level="error", attempt=attempt, error=error,
-                          traceback=outcome.traceback, outcome=outcome.kind)
-            return EXIT_FAILED
-        if not store.retry_later(job_id, attempt, outcome=outcome.kind, error=error,
-                                 traceback=outcome.traceback, run_at=now + delay,
-                                 release=self.inline, now=now, started_at=started):
+    def _settle(self, outcome: Outcome, started: float) -> int | None:
+        """Settle the attempt; an exit code when this process is done, None to run the next attempt."""
+        decision = settle_attempt(self.ctx.store, self.log, self.job, self.attempt, outcome,
+                                  self.policy, release=self.inline, started_at=started)
+        if decision is None:
             return self._lost_race()
-        self.log.emit("job_retrying", level="warning", attempt=attempt, error=error,
-                      retry_in_s=round(delay, 3), outcome=outcome.kind)
-        if self.inline:
-            return EXIT_FAILED  # released: a worker claims the next attempt into a new process
-        if self._sleep(delay):
+        if isinstance(decision, Complete):
+            self._enqueue_followups()
+            return ExitCode.COMPLETED
+        if not isinstance(decision, Retry) or self.inline:
+            return ExitCode.FAILED  # failed, or released: a worker claims the next attempt into a new process
+        if self._sleep(decision.delay):
             return self._stopped(None)
-        if not store.begin_attempt(job_id, attempt, now=time.time()):
+        if not self.ctx.store.begin_attempt(self.job.id, self.attempt, now=time.time()):
             return self._lost_race()
         self.attempt += 1
         return None
 
     def _stopped(self, started: float | None) -> int:
-        """A stop signal arrived: cancelled (exit 4), or interrupted and handed back for a retry."""
-        job = self.ctx.store.get(self.job.id)
+        """A stop signal arrived: cancelled (exit 4), or interrupted and handed back for a retry.
+
+        ``started`` None: between attempts (the last one is settled already, the
+        job kept here for its next): it is released to the workers as it is.
+        """
+        store = self.ctx.store
+        job = store.get(self.job.id)
         if job is not None and job.status == JobStatus.CANCELLED:
-            return EXIT_CANCELLED
+            return ExitCode.CANCELLED
         signame = signal.Signals(self.stop.signum or signal.SIGTERM).name
-        if self.foreground and self.stop.signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if self.foreground:
             # A person stopping a foreground job means cancel it.
-            if self.ctx.store.cancel(self.job.id, now=time.time()) is not None:
+            if store.cancel(self.job.id, now=time.time()) is not None:
                 self.log.emit("job_cancelled", attempt=self.attempt, reason=f"{signame} received")
-            return EXIT_CANCELLED
-        error = f"interrupted by {signame}"
-        now = time.time()
-        delay = next_retry(self.policy, self.attempt, INTERRUPT_NAMES)
-        if delay is None:
-            self.ctx.store.finish(self.job.id, self.attempt, status=JobStatus.FAILED, now=now, error=error,
-                                  outcome="interrupted", started_at=started)
-            self.log.emit("job_failed", level="error", attempt=self.attempt, error=error,
-                          traceback=None, outcome="interrupted")
-            return EXIT_FAILED
-        self.ctx.store.retry_later(self.job.id, self.attempt, outcome="interrupted", error=error,
-                                   traceback=None, run_at=now + delay, release=True, now=now,
-                                   started_at=started)
-        self.log.emit("job_retrying", level="warning", attempt=self.attempt, error=error,
-                      retry_in_s=round(delay, 3), outcome="interrupted")
-        return EXIT_FAILED
+            return ExitCode.CANCELLED
+        if started is None:
+            store.release(self.job.id, self.attempt)
+            return ExitCode.FAILED
+        settle_attempt(store, self.log, self.job, self.attempt, Outcome.interrupted(signame),
+                       self.policy, release=True, started_at=started)
+        return ExitCode.FAILED
 
     def _lost_race(self) -> int:
         """A fenced write did not match: the job was cancelled, or given to a newer attempt."""
         job = self.ctx.store.get(self.job.id)
         if job is not None and job.status == JobStatus.CANCELLED:
-            return EXIT_CANCELLED
+            return ExitCode.CANCELLED
         self.log.emit("job_superseded", level="warning", attempt=self.attempt,
                       status=None if job is None else job.status)
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
     def _sleep(self, seconds: float) -> bool:
         """Wait between attempts; True if a stop signal arrived meanwhile."""
@@ -182,7 +140,8 @@ class Supervisor:
         submit_followups(self.ctx, self.job)
 
     # -- one attempt -----------------------------------------------------------------
-    def _run_attempt(self) -> Outcome:
+    def _run_attempt(self) -> Outcome | None:
+        """Run one attempt: its outcome, or None when a stop signal ended it."""
         if self.inline:
             try:
                 return self._call_inline()
@@ -206,14 +165,14 @@ class Supervisor:
             self._flush_progress(force=True)
             self._reap_orphans()
 
-    def _call_inline(self) -> Outcome:
+    def _call_inline(self) -> Outcome | None:
         """Call the method in this process; SIGTERM, SIGINT or SIGHUP raise ``JobInterrupted`` in it."""
         from bgrunner.binding.loader import bound_method
         from bgrunner.errors import JobInterrupted
         from bgrunner.job import reporting
         from bgrunner.job.attempt import encode_result
 
-        def interrupt(signum: int, frame: Any) -> None:
+        def interrupt(signum: int, frame: FrameType | None) -> None:
             self.stop.handler(signum, frame)
             raise JobInterrupted(f"terminated by {signal.Signals(signum).name}")
 
@@ -230,23 +189,18 @@ class Supervisor:
                     signal.signal(sig, self.stop.handler)
                 reporting._sink = None
         except JobInterrupted:
-            return Outcome("stopped")
+            return None
         except BaseException as exc:  # everything the job raises is its outcome
-            import traceback
-
-            from bgrunner.retry import exception_names
-
-            return Outcome("error", error=f"{type(exc).__name__}: {exc}",
-                           traceback="".join(traceback.format_exception(exc)),
-                           names=exception_names(type(exc)))
+            return Outcome.from_exception(exc)
         text, note = encode_result(value, self.ctx.config.runner.result_max_bytes)
-        return Outcome("completed", result=text, note=note)
+        return Outcome.completed(text, note)
 
     def _on_progress(self, report: dict[str, Any]) -> None:
         self._progress_pending = report
         self._flush_progress(force=False)
 
-    def _watch(self, pid: int, read_fd: int) -> Outcome:
+    def _watch(self, pid: int, read_fd: int) -> Outcome | None:
+        """Wait for the attempt's process: its outcome, or None when a stop signal came first."""
         timeout = self.policy.timeout
         deadline = time.monotonic() + timeout if timeout > 0 else None
         exit_fd = _pidfd(pid)
@@ -270,12 +224,11 @@ class Supervisor:
                         watched.remove(read_fd)
                 if self.stop.signum is not None:
                     self._kill_attempt(pid)
-                    return Outcome("stopped")
+                    return None
                 if deadline is not None and time.monotonic() >= deadline:
                     self._kill_attempt(pid)
-                    return Outcome("timeout", error=f"timed out after {_secs(timeout)} s "
-                                   f"(attempt {self.attempt}); its process tree was killed",
-                                   names=TIMEOUT_NAMES)
+                    return Outcome.timed_out(f"timed out after {_secs(timeout)} s "
+                                             f"(attempt {self.attempt}); its process tree was killed")
                 got, wstatus = os.waitpid(pid, os.WNOHANG)
                 if got == pid:
                     status = wstatus
@@ -352,11 +305,10 @@ def _secs(value: float) -> str:
 
 
 def _outcome_from(final: dict[str, Any] | None, status: int | None) -> Outcome:
+    """The attempt's last message (a result or an error), or how its process died without one."""
     if final is not None and final.get("type") == "result":
-        return Outcome("completed", result=final.get("result"), note=final.get("note"))
+        return Outcome.completed(final.get("result"), final.get("note"))
     if final is not None:
-        return Outcome("error", error=final.get("error"), traceback=final.get("traceback"),
-                       names=list(final.get("names") or []))
-    how = procs.describe_wait_status(status) if status is not None else "vanished"
-    return Outcome("crashed", error=f"the job's process died without reporting: {how}",
-                   names=CRASH_NAMES)
+        return Outcome.raised(str(final.get("error")), final.get("traceback"),
+                              list(final.get("names") or []))
+    return Outcome.crashed(procs.describe_wait_status(status) if status is not None else "vanished")

@@ -56,7 +56,7 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bgrunner.errors import ForkServerError
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
     import subprocess  # the parent side imports it where used: the template must not carry threading
 
     from bgrunner.context import Context
-    from bgrunner.model import JobRecord
 
 #: Seconds the worker waits for a new template to say it is ready.
 START_TIMEOUT = 30.0
@@ -376,41 +375,3 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         return self.returncode
-
-
-def launch_job(ctx: Context, server: ForkServer, job: JobRecord) -> ForkedProcess | None:
-    """``jobs.launch`` for fork mode: hand the job to a process, record it on the job, start it.
-
-    The pid is on the job before the job starts, so the job process writes
-    nothing before its method runs. None when the job was cancelled since its
-    claim (nothing started). Raises UsageError when no process could be
-    started: unclaimed if none was handed the job, else a failed attempt.
-    """
-    from bgrunner import procs
-    from bgrunner.errors import UsageError
-
-    try:
-        pid = server.hand(job.id, job.target, job.method, job.attempts)
-    except ForkServerError as exc:
-        ctx.store.unclaim(job.id, job.attempts)
-        raise UsageError(f"cannot start job {job.id}: {exc}") from exc
-    started = procs.start_time(pid)
-    if started is not None and not ctx.store.set_process(job.id, job.attempts, pid=pid,
-                                                         pid_ctime=started):
-        server.release(pid)
-        return None  # cancelled (or taken back) since the claim: nothing to start
-    try:
-        if started is None:
-            raise ForkServerError(f"process {pid} is gone")
-        server.go(pid)
-    except ForkServerError as exc:
-        # Its process died while preparing the job (or the template did): a failed attempt,
-        # retried per policy. Unclaiming instead could claim and fail it again forever.
-        from bgrunner.jobs import record_death
-
-        # Recorded first: a process still waiting checks the store when its pipe closes.
-        record_death(ctx, replace(job, pid=pid), f"it died before its start ({exc})",
-                     relaunch=False)
-        server.release(pid)
-        raise UsageError(f"cannot start job {job.id}: {exc}") from exc
-    return ForkedProcess(pid)

@@ -55,7 +55,8 @@ def spawn(command: list[str], *, env: dict[str, str], output_dir: str, job_id: i
         os.close(out)
 
 
-ExitCallback = Callable[["subprocess.Popen[bytes]", Any], None]
+#: Called in the reaper thread with the process that exited.
+ExitCallback = Callable[["subprocess.Popen[bytes]"], None]
 
 
 class Reaper:
@@ -65,7 +66,7 @@ class Reaper:
         import threading
 
         self._lock = threading.Lock()
-        self._children: dict[int, tuple[subprocess.Popen[bytes], Any, ExitCallback | None]] = {}
+        self._children: dict[int, tuple[subprocess.Popen[bytes], ExitCallback | None]] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -73,15 +74,14 @@ class Reaper:
         self._thread: threading.Thread | None = None
         self._owner = os.getpid()
 
-    def watch(self, proc: subprocess.Popen[bytes], data: Any = None,
-              on_exit: ExitCallback | None = None) -> None:
+    def watch(self, proc: subprocess.Popen[bytes], on_exit: ExitCallback | None = None) -> None:
         pidfd = None
         try:
             pidfd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             pass
         with self._lock:
-            self._children[proc.pid] = (proc, data, on_exit)
+            self._children[proc.pid] = (proc, on_exit)
             if pidfd is not None:
                 self._selector.register(pidfd, selectors.EVENT_READ, proc.pid)
             if self._thread is None or not self._thread.is_alive():
@@ -113,10 +113,10 @@ class Reaper:
                     if key.data == pid:
                         self._selector.unregister(key.fileobj)
                         os.close(key.fd)
-        for _pid, (proc, data, on_exit) in done:
+        for _pid, (proc, on_exit) in done:
             if on_exit is not None:
                 try:
-                    on_exit(proc, data)
+                    on_exit(proc)
                 except Exception as exc:  # a reaper must outlive a failing callback
                     print(f"bgrunner: warning: after job process {proc.pid} exited: {exc}",
                           file=sys.stderr)

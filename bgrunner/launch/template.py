@@ -38,9 +38,11 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any, NoReturn
 
-from bgrunner.job import forked as jobprocess
+from bgrunner.context import Context
+from bgrunner.job import forked
 from bgrunner.launch.forkserver import WARM_IMPORTS, FileStamp, changed, stamp
 
 #: Seconds without a launch before the template forks replacement spares.
@@ -68,21 +70,18 @@ class Template:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.selector = selectors.DefaultSelector()
-        self.ctx: Any = None
-        self.config_cache: tuple[bytes, Any] | None = None
+        self.ctx = Context.resolve()
+        self.config_cache: forked.ConfigCache | None = None
 
     # -- start -------------------------------------------------------------------------
     def warm_up(self, preload_jobs: bool) -> None:
         """Import what every job needs (and, optionally, the job modules); note what was read."""
-        from bgrunner.context import Context
-
-        self.ctx = Context.resolve()
         self.files[self.ctx.config_path] = stamp(self.ctx.config_path)
         self._parse_config()
         store = "postgres" if self.ctx.database_url.startswith("postgres") else "sqlite"
         for name in (*WARM_IMPORTS, f"bgrunner.store.{store}"):
             self._try_import(name)  # warmth only: a job imports what is missing itself
-        jobprocess.load_title_setter()  # setproctitle's C part, without logging and threading
+        forked.load_title_setter()  # setproctitle's C part, without logging and threading
         if sys.platform.startswith("linux"):
             from bgrunner import procs
 
@@ -307,51 +306,13 @@ class Template:
         return os.fork()
 
     def _child(self, job_fd: int) -> NoReturn:
-        """Get ready, wait on ``job_fd`` for a job, then run it as ``run_job.py … --job-id N`` would.
-
-        Random state needs no reseeding: ``random`` does it after every fork.
-        """
-        code = 1
+        """In the forked process: leave the template behind, then be a job process (``job.forked``)."""
         try:
             os.setsid()
             self._leave_template()
-            from bgrunner.context import Context
-            from bgrunner.job.main import main_queued
-
-            ctx = Context.resolve()
-            jobprocess.get_ready(ctx, self.config_cache)
-            pipe = jobprocess.JobPipe(job_fd)
-            request = pipe.job()
-            if request is None:  # renewed or closed before it got a job
-                jobprocess.finish(0)
-            job_id, target, method = (int(request["job_id"]), str(request["target"]),
-                                      str(request["method"]))
-            argv = [target, method, "--job-id", str(job_id)]
-            jobprocess.redirect_output(self.ctx.output_dir, job_id)
-            jobprocess.set_title(f"bgrunner job {job_id} {target}.{method}")
-            def wait_for_go() -> bool:
-                return pipe.go() or jobprocess.recorded_as_mine(ctx, job_id)
-
-            if changed(self.code_files):  # imported code edited since the template read it
-                # Not before go: the exec closes the pipe, and the job must be ours to run.
-                if not wait_for_go():
-                    jobprocess.finish(0)
-                jobprocess.exec_spawn_mode(argv)
-            sys.argv = ["run_job.py", *argv]
-            if self.config_cache is not None:
-                ctx.adopt_config(*self.config_cache)
-            code = main_queued(ctx, target, method, job_id, inline=True, wait_for_go=wait_for_go)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # noqa: BLE001 - whatever happens, this process must end here
-            try:
-                import traceback
-
-                traceback.print_exc()
-            except BaseException:  # noqa: BLE001
-                pass
-        finally:
-            jobprocess.finish(code)
+        except BaseException:  # noqa: BLE001 - a process that cannot leave the template runs nothing
+            os._exit(1)
+        forked.run(job_fd, self.config_cache, lambda: bool(changed(self.code_files)))
 
     def _leave_template(self) -> None:
         """Drop everything of the template: its sockets, its SIGCHLD handling, its signal setup."""
@@ -372,7 +333,7 @@ class Template:
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
 
 
-def _on_sigchld(signum: int, frame: Any) -> None:
+def _on_sigchld(signum: int, frame: FrameType | None) -> None:
     """Only wakes the loop (the wake-up fd carries the news); reaping happens there."""
 
 
@@ -410,7 +371,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     events = socket.socket(fileno=args.events_fd)
     template = Template(cmd, events, args.tid, args.spares)
     template.warm_up(args.preload_jobs)
-    jobprocess.set_title(f"bgrunner forkserver (worker {args.parent})")
+    forked.set_title(f"bgrunner forkserver (worker {args.parent})")
     return template.serve()
 
 

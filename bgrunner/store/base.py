@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 from bgrunner.model import AttemptRecord, AuditEntry, HostRecord, JobRecord, JobStatus, NewJob
+
+
+class Notifications(Protocol):
+    """A store's wake-up channel (PostgreSQL LISTEN): select on ``fileno()``, then read ``events``."""
+
+    def fileno(self) -> int: ...
+
+    def events(self, timeout: float | None) -> builtins.list[tuple[str, str]]:
+        """(logical channel, payload) pairs received within ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Store(ABC):
@@ -80,7 +92,11 @@ class Store(ABC):
 
     @abstractmethod
     def unclaim(self, job_id: int, attempt: int) -> bool:
-        """Give back a claimed job whose process never started (attempt not counted)."""
+        """Give back a claimed job whose process never started (attempt not counted).
+
+        Fenced on the process too: only while no process has recorded itself on the
+        claim (``pid`` still empty), so a claim whose process just started stays its own.
+        """
 
     @abstractmethod
     def next_run_at(self) -> float | None:
@@ -94,6 +110,14 @@ class Store(ABC):
     @abstractmethod
     def begin_attempt(self, job_id: int, attempt: int, *, now: float) -> bool:
         """The owning process starts attempt ``attempt + 1`` after a retry wait."""
+
+    @abstractmethod
+    def release(self, job_id: int, attempt: int) -> bool:
+        """Hand a job kept for its next attempt (``retrying`` with a pid) to the workers: pid cleared.
+
+        For a process stopped, or found dead, while it waited between attempts:
+        the last attempt is already recorded, the next one runs in a new process.
+        """
 
     @abstractmethod
     def retry_later(
@@ -166,7 +190,7 @@ class Store(ABC):
     def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
         """Jobs on ``host`` cancelled since ``since`` that still had a process then."""
 
-    def listen(self, *channels: str) -> Any:
+    def listen(self, *channels: str) -> Notifications | None:
         """A handle with ``fileno()`` that wakes on submits and cancels, or None (poll)."""
         return None
 

@@ -3,7 +3,10 @@
 Each server gets its own SQLite store, log folder and allowlist in a temporary
 folder, runs with the repository as its working directory (so ``examples``
 imports) and launches jobs itself (``BGRUNNER_AUTOSTART=1``). The project's
-``BGRUNNER_*`` variables are cleared first so the developer's shell cannot leak in.
+``BGRUNNER_*`` variables are cleared first so the developer's shell cannot leak in:
+the server's environment starts from ``tests.conftest.clean_environ()``, the
+suite's one rule (``BGRUNNER_TEST_*`` kept), and the root conftest's autouse
+``clean_env`` clears the test process itself.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import stop_workers, wait_until
+from tests.conftest import clean_environ, stop_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token-0123456789"
@@ -59,10 +62,6 @@ def poll(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 
          what: str = "condition") -> Any:
     """Call ``condition`` until it returns something truthy; fail the test after ``timeout``."""
     return wait_until(condition, timeout=timeout, interval=interval, message=what)
-
-
-def clean_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BGRUNNER_")}
 
 
 def free_port() -> int:
@@ -211,14 +210,6 @@ def _answers(server: Server, timeout: float = 30) -> bool:
             pass
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture(autouse=True)
-def _no_bgrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's BGRUNNER_* settings must not leak into a test."""
-    for name in list(os.environ):
-        if name.startswith("BGRUNNER_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

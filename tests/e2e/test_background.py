@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -157,18 +158,21 @@ def test_cap_holds_with_200_quick_submits(project: Project, tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     ids = r.stdout.split()
     assert len(set(ids)) == 200
-    peak = 0
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    peaks: list[int] = []
+
+    def all_completed() -> dict[str, int] | None:
+        """Sample the store (every 10 ms: the running count is watched for its peak)."""
         store = project.store()
-        counts = store.counts()
-        store.close()
-        peak = max(peak, counts["running"])
-        if counts["completed"] == 200:
-            break
-        time.sleep(0.01)
+        try:
+            counts = store.counts()
+        finally:
+            store.close()
+        peaks.append(counts["running"])
+        return counts if counts["completed"] == 200 else None
+
+    counts = wait_until(all_completed, timeout=180, interval=0.01, message="200 jobs completed")
     assert counts["completed"] == 200, counts
-    assert 1 <= peak <= 3
+    assert 1 <= max(peaks) <= 3
 
 
 def test_cancel_pending_job_never_runs(project: Project, tmp_path: Path) -> None:
@@ -196,9 +200,10 @@ def test_cancel_running_kills_the_tree(project: Project, tmp_path: Path, method:
     supervisor = status(project, job_id)["pid"]
     r = project.cli("cancel", str(job_id))
     assert r.returncode == 0, r.stderr
+    # `cancel` wrote the status and its event before returning; once every process of the job
+    # has exited (a zombie writes nothing), nothing is left that could overwrite either.
     wait_until(lambda: all(gone(p) for p in [*pids, supervisor]), timeout=15,
                message="the job's processes to die")
-    time.sleep(0.3)
     record = status(project, job_id)
     assert record["status"] == "cancelled"
     events = [e["event"] for e in project.events() if e["job_id"] == str(job_id)]
@@ -243,6 +248,7 @@ def test_dead_job_is_noticed_without_any_worker(project: Project, tmp_path: Path
     job_id = submit(project, "tests.fixtures:Probe", "noop")
     store = project.store()
     job = store.claim(job_id, now=time.time(), cap=10, host=os.uname().nodename)
+    # The victim only has to exist until killed below: its sleep is not a wait on anything.
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     from bgrunner import procs
 
@@ -254,12 +260,28 @@ def test_dead_job_is_noticed_without_any_worker(project: Project, tmp_path: Path
     assert "gone" in record["error"]
 
 
+INNOCENT = """
+    import signal, sys
+    stop = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        pending = sorted(s.name for s in signal.sigpending() & stop)
+        print("pending:", " ".join(pending), flush=True)
+"""
+
+
 def test_pid_reuse_is_never_signalled(project: Project) -> None:
     """A recorded pid whose start time differs is not the job: cancel does not signal it."""
     project.extra_env["BGRUNNER_AUTOSTART"] = "0"
     job_id = submit(project, "tests.fixtures:Probe", "noop")
-    innocent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # The innocent process blocks the stop signals, so one sent to it stays pending (a SIGKILL
+    # kills it): asked after `cancel` has exited, it tells at once whether it was signalled.
+    innocent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(INNOCENT)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert innocent.stdout is not None and innocent.stdin is not None
+        assert innocent.stdout.readline() == "ready\n"
         store = project.store()
         job = store.claim(job_id, now=time.time(), cap=10, host=os.uname().nodename)
         from bgrunner import procs
@@ -267,11 +289,16 @@ def test_pid_reuse_is_never_signalled(project: Project) -> None:
         store.set_process(job_id, job.attempts, pid=innocent.pid,
                           pid_ctime=procs.start_time(innocent.pid) - 1000)
         assert project.cli("cancel", str(job_id)).returncode == 0
-        time.sleep(0.5)
+        try:
+            innocent.stdin.write("pending?\n")
+            innocent.stdin.flush()
+        except BrokenPipeError:
+            pass  # killed: it answers nothing
+        assert innocent.stdout.readline() == "pending: \n", "the innocent process was signalled"
         assert innocent.poll() is None, "an innocent process with a reused pid was signalled"
     finally:
         innocent.kill()
-        innocent.wait()
+        innocent.communicate(timeout=10)  # reaped, its pipes closed
 
 
 def test_kill_9_of_the_worker_loses_no_job(project: Project, tmp_path: Path) -> None:
@@ -300,6 +327,8 @@ def test_concurrent_submitters_get_unique_ids_and_each_job_runs_once(project: Pr
     project.extra_env["BGRUNNER_AUTOSTART"] = "0"
     marks = tmp_path / "marks"
     go = tmp_path / "go"
+    # The submitters' starting line: each polls for `go` (a barrier in the child processes,
+    # where wait_until is not available; it waits for a condition, not for a fixed time).
     code = f"""
         import os, sys, time, bgrunner
         while not os.path.exists({str(go)!r}):
@@ -308,8 +337,6 @@ def test_concurrent_submitters_get_unique_ids_and_each_job_runs_once(project: Pr
         print(" ".join(bgrunner.run_background_job("tests.fixtures:Probe", "mark",
               [{str(marks)!r}, f"{{n}}-{{i}}"]) for i in range(50)))
     """
-    import textwrap
-
     procs_ = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(n)], cwd=ROOT,
                                env=project.env, stdout=subprocess.PIPE, text=True)
               for n in range(4)]
@@ -383,6 +410,12 @@ def test_output_is_captured_per_job(project: Project) -> None:
     assert r.stdout == "hello world\nhello world\n"
 
 
+def first_sigterm_handled(project: Project, pid: int) -> bool:
+    """The worker logged ``worker_stopping``: it has taken the first SIGTERM (it does so before
+    the event), so the next one counts as a second rather than merging into the first."""
+    return any(e["event"] == "worker_stopping" and e.get("worker_pid") == pid for e in project.events())
+
+
 def test_worker_warm_shutdown_lets_running_jobs_finish(project: Project, tmp_path: Path) -> None:
     """One SIGTERM: the worker stops claiming, waits for the running job, and exits 0."""
     project.extra_env["BGRUNNER_AUTOSTART"] = "0"
@@ -407,7 +440,8 @@ def test_worker_second_sigterm_cancels_running_jobs(project: Project, tmp_path: 
                               cwd=ROOT, env=project.env)
     wait_until(sentinel.exists, message="job start")
     worker.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_until(lambda: first_sigterm_handled(project, worker.pid), timeout=30,
+               message="the worker to handle the first SIGTERM")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert project.job(job_id).status == "cancelled"

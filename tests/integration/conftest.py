@@ -1,13 +1,19 @@
-"""Integration fixtures: every store test runs against SQLite and PostgreSQL.
+"""Integration fixtures: every store test runs against SQLite, PostgreSQL and the memory store.
 
 PostgreSQL unreachable: the test is skipped with the reason, except under CI
 (``CI`` set), where PostgreSQL must run and the test fails instead.
+
+A test that needs a database shared between processes is marked
+``@pytest.mark.cross_process("why")``: the memory store lives in one process,
+so the test is skipped on it with that reason. The BGRUNNER_* environment is
+cleared for every test by the root conftest's ``clean_env``.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,28 +27,39 @@ except ImportError:  # run by the `pytest` script: the repository root is not on
 
 from bgrunner.store.base import Store
 from bgrunner.store.factory import open_store
+from bgrunner.store.memory import drop_memory_store
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]
 
 
-@pytest.fixture(autouse=True)
-def _no_bgrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's BGRUNNER_* settings must not leak into a test (test settings excepted)."""
-    for name in list(os.environ):
-        if name.startswith("BGRUNNER_") and not name.startswith("BGRUNNER_TEST_"):
-            monkeypatch.delenv(name)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cross_process(reason): needs a database shared between processes (not on memory)")
+
+
+def memory_url(request: pytest.FixtureRequest) -> str:
+    """A memory store of the test's own (a unique name), forgotten when the test ends."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    url = f"memory://{slug}-{uuid.uuid4().hex[:10]}"
+    request.addfinalizer(lambda: drop_memory_store(url))
+    return url
 
 
 def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if backend == "sqlite":
         return sqlite_url(tmp_path / "jobs.db")
+    if backend == "memory":
+        marker = request.node.get_closest_marker("cross_process")
+        if marker is not None:
+            pytest.skip(f"memory store is per process: {marker.args[0] if marker.args else 'cross-process test'}")
+        return memory_url(request)
     require_postgres()
     return fresh_postgres_url(request)
 
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL of its own for one test: a fresh SQLite file or a fresh PostgreSQL schema."""
+    """A store URL of its own for one test: a fresh SQLite file, PostgreSQL schema or memory store."""
     return _url(request.param, request, tmp_path)
 
 

@@ -25,7 +25,8 @@ import pytest
 from bgrunner import jobs
 from bgrunner.context import Context, host_id
 from bgrunner.errors import ForkServerError
-from bgrunner.launch.forkserver import ForkServer, launch_job
+from bgrunner.jobs import launch_forked
+from bgrunner.launch.forkserver import ForkServer
 from tests.conftest import ROOT, Project, gone, wait_until
 
 PROBE = "tests.fixtures:Probe"
@@ -71,7 +72,7 @@ def claim_and_launch(ctx: Context, server: ForkServer) -> tuple[int, int]:
     """What the worker's _fill_slots does: claim the next ready job, fork its process."""
     job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
     assert job is not None
-    return job.id, launch_job(ctx, server, job).pid
+    return job.id, launch_forked(ctx, server, job).pid
 
 
 def collect_exits(server: ForkServer, pids: set[int], timeout: float = 30) -> dict[int, int]:
@@ -232,7 +233,7 @@ def test_allowlist_is_read_by_every_job_and_makes_the_template_stale(
     project.config.write_text(text)
     os.utime(project.config, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
     assert server.stale()
-    pid = launch_job(ctx, server, job).pid
+    pid = launch_forked(ctx, server, job).pid
     assert collect_exits(server, {pid}) == {pid: 3}  # not allowed
     record = ctx.store.get(job.id)
     assert record.status == "failed" and "not allowed" in (record.error or "")
@@ -322,7 +323,7 @@ def test_renew_keeps_reporting_the_retired_templates_jobs(ctx: Context, server: 
     old_template = psutil.Process(server.pid)
     server.renew()
     assert server.pid != old_template.pid
-    queue(ctx, "noop")
+    queue(ctx, "sleep", [1.0, str(tmp_path / "second")])  # alive while its parent is looked up
     _, new_pid = claim_and_launch(ctx, server)
     assert psutil.Process(new_pid).ppid() == server.pid
     assert collect_exits(server, {old_pid, new_pid}) == {old_pid: 0, new_pid: 0}
@@ -367,14 +368,15 @@ def test_a_dead_worker_makes_the_template_exit_but_not_the_job(project: Project,
         import sys, time
         from bgrunner import jobs
         from bgrunner.context import Context, host_id
-        from bgrunner.launch.forkserver import ForkServer, launch_job
+        from bgrunner.jobs import launch_forked
+        from bgrunner.launch.forkserver import ForkServer
         ctx = Context.resolve()
         ctx.autostart = False
         jobs.submit(ctx, jobs.prepare(ctx, {PROBE!r}, "sleep", [2, {str(sentinel)!r}]))
         server = ForkServer(ctx)
         server.start()
         job = ctx.store.claim_next(now=time.time(), cap=10, host=host_id())
-        proc = launch_job(ctx, server, job)
+        proc = launch_forked(ctx, server, job)
         print(job.id, server.pid, proc.pid, flush=True)
         time.sleep(120)
     """
@@ -408,7 +410,7 @@ def test_a_dead_template_is_stale_and_its_jobs_become_orphans(ctx: Context, serv
     queue(ctx, "noop")
     job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
     with pytest.raises(Exception, match="cannot start job"):
-        launch_job(ctx, server, job)
+        launch_forked(ctx, server, job)
     assert ctx.store.get(job.id).status == "pending"  # unclaimed
     with pytest.raises(ForkServerError):
         server.launch(job.id, job.target, job.method, job.attempts)
@@ -460,7 +462,7 @@ def test_a_job_process_that_dies_before_its_start_is_a_failed_attempt(
     queue(ctx, "noop")
     job = ctx.store.claim_next(now=time.time(), cap=1000, host=host_id())
     with pytest.raises(Exception, match=f"cannot start job {job.id}"):
-        launch_job(ctx, server, job)
+        launch_forked(ctx, server, job)
     record = ctx.store.get(job.id)
     assert record.status == "failed" and "died before its start" in (record.error or ""), record
     assert ctx.store.claim_next(now=time.time(), cap=1000, host=host_id()) is None

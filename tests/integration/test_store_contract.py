@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import pytest
 from bgrunner.errors import StoreError
 from bgrunner.model import STATUSES, NewJob
 from bgrunner.store.base import Store
+from bgrunner.store.factory import open_store
+from bgrunner.store.memory import drop_memory_store
 from tests.backends import execute_sql, fresh_postgres_url, require_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -235,6 +239,17 @@ def test_unclaim_gives_back_a_first_attempt(store: Store) -> None:
         "pending", 0, None, None, None)
     assert not store.unclaim(job_id, 1)  # no longer running
     assert claimed(store).attempts == 1
+
+
+def test_unclaim_leaves_a_claim_whose_process_recorded_itself(store: Store) -> None:
+    """unclaim is refused once a process has recorded itself on the claim: it is that process's job."""
+    job_id = store.create(job())
+    claimed(store)
+    assert store.set_process(job_id, 1, pid=4242, pid_ctime=1.0)
+    assert not store.unclaim(job_id, 1)
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.pid) == ("running", 1, 4242)
 
 
 def test_unclaim_of_a_later_attempt_returns_to_retrying(store: Store) -> None:
@@ -512,7 +527,65 @@ def test_audit_is_newest_first_with_keyset(store: Store) -> None:
     assert [e.id for e in store.audit(before_id=ids[2])] == [ids[1], ids[0]]
 
 
+def test_returned_records_are_copies(store: Store) -> None:
+    """Changing a returned record's params, then, progress or result never changes the stored job."""
+    params = {"rows": [1, 2], "opts": {"deep": True}}
+    then = [{"target": "m:Next", "method": "run", "params": []}]
+    job_id = store.create(job(params, then=then))
+    first = store.get(job_id)
+    assert first is not None
+    first.params["rows"].append(3)  # type: ignore[call-overload]
+    first.then[0]["params"].append("x")
+    store.list()[0].params["opts"]["deep"] = False  # type: ignore[call-overload]
+    claimed(store)
+    store.set_progress(job_id, 1, {"done": 1})
+    store.get(job_id).progress["done"] = 99  # type: ignore[index, union-attr]
+    store.finish(job_id, 1, status="completed", now=time.time(), result=json.dumps({"n": [1]}))
+    store.get(job_id).result["n"].append(2)  # type: ignore[union-attr]
+    store.attempts(job_id).clear()
+    record = store.get(job_id)
+    assert record is not None
+    assert record.params == {"rows": [1, 2], "opts": {"deep": True}}
+    assert record.then == [{"target": "m:Next", "method": "run", "params": []}]
+    assert (record.progress, record.result) == ({"done": 1}, {"n": [1]})
+    assert len(store.attempts(job_id)) == 1
+
+
+def test_heartbeat_keeps_started_at_while_the_pid_is_the_same(store: Store) -> None:
+    """heartbeat inserts or updates a host's row; a new pid restarts it; hosts() is most recent first."""
+    assert store.hosts() == []
+    store.heartbeat("h1", pid=10, now=100.0)
+    store.heartbeat("h2", pid=20, now=105.0)
+    store.heartbeat("h1", pid=10, now=110.0)
+    assert [(h.host, h.pid, h.started_at, h.last_seen) for h in store.hosts()] == [
+        ("h1", 10, 100.0, 110.0), ("h2", 20, 105.0, 105.0)]
+    store.heartbeat("h1", pid=11, now=120.0)  # the worker was restarted
+    store.heartbeat("h2", pid=20, now=130.0)
+    assert [(h.host, h.pid, h.started_at, h.last_seen) for h in store.hosts()] == [
+        ("h2", 20, 105.0, 130.0), ("h1", 11, 120.0, 120.0)]
+    store.remove_host("h2")
+    store.remove_host("never-seen")
+    assert [h.host for h in store.hosts()] == ["h1"]
+
+
+def test_cancelled_on_lists_this_hosts_cancelled_jobs_that_had_a_process(store: Store) -> None:
+    """cancelled_on(host, since) holds jobs of that host cancelled since then while a pid was set."""
+    with_pid, without_pid, pending, elsewhere, earlier = (store.create(job()) for _ in range(5))
+    for job_id, host in ((with_pid, HOST), (without_pid, HOST), (elsewhere, "other"), (earlier, HOST)):
+        assert store.claim(job_id, now=time.time(), cap=100, host=host) is not None
+    for job_id in (with_pid, elsewhere, earlier):
+        assert store.set_process(job_id, 1, pid=500 + job_id, pid_ctime=1.0)
+    store.cancel(earlier, now=900.0)
+    for job_id in (with_pid, without_pid, pending, elsewhere):
+        store.cancel(job_id, now=1000.0)
+    assert [r.id for r in store.cancelled_on(HOST, since=1000.0)] == [with_pid]
+    assert sorted(r.id for r in store.cancelled_on(HOST, since=900.0)) == [with_pid, earlier]
+    assert [r.status for r in store.cancelled_on("other", since=0.0)] == ["cancelled"]
+    assert store.cancelled_on(HOST, since=1000.5) == []
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.cross_process("a forked child writes to its own copy, which the parent never sees")
 def test_forked_child_opens_its_own_connection(store: Store) -> None:
     """A store used before fork() works in the child, and the parent's connection survives."""
     first = store.create(job(["parent"]))
@@ -587,6 +660,7 @@ def run_claimers(url: str, processes: int, *, cap: int, tries: int) -> list[list
     return run_together(CLAIMER, [[url, str(cap), str(tries), f"c{i}"] for i in range(processes)])
 
 
+@pytest.mark.cross_process("claimer processes cannot open the test's store (see the thread version below)")
 def test_concurrent_claimers_take_each_job_exactly_once(store: Store, database_url: str) -> None:
     """Four processes claiming from 200 ready jobs claim every job, none twice."""
     ids = {store.create(job([i], priority=i % 3)) for i in range(200)}
@@ -597,11 +671,77 @@ def test_concurrent_claimers_take_each_job_exactly_once(store: Store, database_u
     assert store.counts()["running"] == 200
 
 
+@pytest.mark.cross_process("claimer processes cannot open the test's store (see the thread version below)")
 def test_cap_holds_with_concurrent_claimers(store: Store, database_url: str) -> None:
     """Six processes racing with cap=3 claim exactly 3 jobs in total."""
     for i in range(30):
         store.create(job([i]))
     results = run_claimers(database_url, 6, cap=3, tries=25)
+    assert sum(len(claims) for claims in results) == 3
+    assert len(store.active()) == 3
+    assert store.counts()["running"] == 3
+
+
+# -- concurrency with threads, each through its own store handle (every backend) -------------
+def run_claimer_threads(url: str, threads: int, *, cap: int, tries: int) -> list[list[int]]:
+    """Threads racing on one store, each with its own handle (connection); the ids each one claimed.
+
+    A tiny switch interval makes the interpreter interleave the threads as often as it can,
+    so a claim that is not one atomic step shows up as a double claim or a broken cap.
+    """
+    barrier = threading.Barrier(threads)
+    results: list[list[int]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def claimer(index: int) -> None:
+        own = open_store(url)
+        try:
+            own.counts()  # connect (and check the schema) before the start signal
+            barrier.wait(timeout=60)
+            misses = 0
+            while misses < tries:
+                record = own.claim_next(now=time.time(), cap=cap, host=f"t{index}")
+                if record is None:
+                    misses += 1
+                else:
+                    results[index].append(record.id)
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            own.close()
+
+    workers = [threading.Thread(target=claimer, args=(i,), daemon=True) for i in range(threads)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(worker.is_alive() for worker in workers)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_threads_claiming_take_each_job_exactly_once(store: Store, database_url: str) -> None:
+    """Four threads, each with its own store handle, claim every one of 200 ready jobs, none twice."""
+    ids = {store.create(job([i], priority=i % 3)) for i in range(200)}
+    results = run_claimer_threads(database_url, 4, cap=10_000, tries=3)
+    everything = [job_id for claims in results for job_id in claims]
+    assert len(everything) == len(set(everything)) == 200
+    assert set(everything) == ids
+    assert store.counts()["running"] == 200
+
+
+def test_cap_holds_with_threads_claiming(store: Store, database_url: str) -> None:
+    """Six threads racing with cap=3, each with its own store handle, claim exactly 3 jobs in total."""
+    for i in range(30):
+        store.create(job([i]))
+    results = run_claimer_threads(database_url, 6, cap=3, tries=25)
     assert sum(len(claims) for claims in results) == 3
     assert len(store.active()) == 3
     assert store.counts()["running"] == 3
@@ -670,6 +810,19 @@ def test_pg_racing_first_users_create_the_schema_once(request: pytest.FixtureReq
     assert sorted(ids) == list(range(1, 7))
 
 
+def collect(listener: Any, count: int, timeout: float = 5.0) -> list[tuple[str, str]]:
+    """(channel, payload) pairs until at least ``count`` arrived, or the deadline passed.
+
+    Waiting for the notifications themselves (not a sleep) means a drain can never run
+    ahead of their delivery; what arrived by the deadline is returned for the test to judge.
+    """
+    received: list[tuple[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count and (left := deadline - time.monotonic()) > 0:
+        received += listener.events(left)
+    return received
+
+
 def test_pg_create_and_cancel_notify_listeners(pg_url: str) -> None:
     """create() wakes bgrunner_jobs listeners and cancel() bgrunner_cancel ones, with the job id."""
     from bgrunner.store.postgres import PostgresStore
@@ -686,13 +839,12 @@ def test_pg_create_and_cancel_notify_listeners(pg_url: str) -> None:
         assert jobs.wait(0.1) == []  # a pending job's cancel frees no slot
         store.notify("bgrunner_jobs", "hello")
         store.notify("bgrunner_jobs", "again")
-        time.sleep(0.1)
-        assert jobs.wait(5) == ["hello", "again"]
+        # Delivered in commit order: a late bgrunner_jobs note from the cancel would come first.
+        assert [payload for _, payload in collect(jobs, 2)] == ["hello", "again"]
     with store.listen("bgrunner_jobs", "bgrunner_cancel") as both:
         other = store.create(job())
         store.cancel(other, now=time.time())
-        time.sleep(0.1)
-        assert both.events(5) == [("bgrunner_jobs", str(other)), ("bgrunner_cancel", str(other))]
+        assert collect(both, 2) == [("bgrunner_jobs", str(other)), ("bgrunner_cancel", str(other))]
     store.close()
 
 
@@ -704,5 +856,42 @@ def test_pg_notifications_stay_in_their_schema(pg_url: str, request: pytest.Fixt
     with mine.listen("bgrunner_jobs", "bgrunner_cancel") as listener:
         theirs.cancel(theirs.create(job()), now=time.time())
         assert listener.wait(0.3) == []
+        # A fence sent after their commits: anything of theirs heard here would arrive before it.
+        mine.notify("bgrunner_jobs", "fence")
+        assert collect(listener, 1) == [("bgrunner_jobs", "fence")]
     mine.close()
     theirs.close()
+
+
+# -- memory only: naming ----------------------------------------------------------------------
+def test_memory_stores_are_shared_by_name_within_the_process() -> None:
+    """memory://NAME is one set of jobs for every handle naming it; memory:// alone is private."""
+    from bgrunner.context import Context
+
+    url = f"memory://shared-{uuid.uuid4().hex}"
+    try:
+        first, second = open_store(url), open_store(url)
+        job_id = first.create(job(["seen"]))
+        assert second.get(job_id) == first.get(job_id)
+        first.close()  # closing one handle keeps the data for the others
+        assert [r.id for r in open_store(url).list()] == [job_id]
+        contexts = [Context(config_path="unused", log_dir="unused", database_url=url) for _ in range(2)]
+        assert [c.store.counts()["pending"] for c in contexts] == [1, 1]
+        assert open_store(f"{url}-other").list() == []
+        private = open_store("memory://")
+        private.create(job())
+        assert open_store("memory://").list() == []
+        assert len(private.list()) == 1
+    finally:
+        drop_memory_store(url)
+        drop_memory_store(f"{url}-other")
+    assert open_store(url).list() == []
+
+
+def test_memory_and_unknown_urls_are_checked() -> None:
+    """memory: needs the memory:// form; an unknown scheme's error names every supported one."""
+    with pytest.raises(StoreError, match="memory://"):
+        open_store("memory:jobs")
+    with pytest.raises(StoreError, match="memory://") as caught:
+        open_store("redis://localhost/0")
+    assert "sqlite:///" in str(caught.value) and "postgresql://" in str(caught.value)

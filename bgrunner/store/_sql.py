@@ -1,0 +1,425 @@
+"""What the SQLite and PostgreSQL stores share: columns, row decoding, DDL and every query that reads the same.
+
+One copy of each shared statement keeps the backends from drifting apart; a
+backend subclasses `SqlStore` and adds only what differs (connections,
+transactions, schema versioning, claims, prune, durability, wake-ups). Shared
+SQL uses ``?`` placeholders (converted by `_dialect`, so it never holds a
+literal ``%``) and table names behind ``self.prefix`` (``""`` or ``"schema".``).
+On the job path: nothing imported here registers at-fork handlers.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+from abc import abstractmethod
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+from bgrunner.model import (
+    CANCELLABLE,
+    STATUSES,
+    AttemptRecord,
+    AuditEntry,
+    HostRecord,
+    JobRecord,
+    JobStatus,
+    NewJob,
+)
+from bgrunner.store.base import Store
+
+Row = tuple[Any, ...]
+
+COLUMNS = (
+    "id, target, method, params, status, priority, attempts, max_attempts, retry_delay, timeout,"
+    " run_at, created_at, started_at, finished_at, claimed_at, pid, pid_ctime, host, error,"
+    " traceback, result, progress, then_jobs, parent_id, retry_of"
+)
+ATTEMPT_COLUMNS = "job_id, attempt, outcome, started_at, finished_at, pid, error, traceback"
+
+#: Jobs that hold (or are about to hold) a process: they count against the cap.
+ACTIVE_WHERE = "(status = 'running' OR (status = 'retrying' AND pid IS NOT NULL))"
+#: Jobs a worker may claim once their run_at has come.
+READY_WHERE = "status IN ('pending', 'retrying') AND pid IS NULL"
+FINAL_IN = "('completed', 'failed', 'cancelled')"
+CANCELLABLE_IN = "(" + ", ".join(f"'{s}'" for s in sorted(CANCELLABLE)) + ")"
+
+#: The meta table (PostgreSQL keeps its schema version there; SQLite uses user_version).
+META_DDL = "CREATE TABLE IF NOT EXISTS {p}bgrunner_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+# One layout for both databases. {p} is the table prefix, {id} the auto-increment key,
+# {int} and {real} the 64-bit integer and float types. params/result/progress/then_jobs
+# are TEXT holding json.dumps output, so they round-trip exactly (JSONB would reorder
+# keys and rewrite numbers). Each dialect adds its own indexes (`SqlStore.extra_ddl`).
+DDL = """
+CREATE TABLE IF NOT EXISTS {p}jobs (
+    id {id},
+    target TEXT NOT NULL,
+    method TEXT NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority {int} NOT NULL DEFAULT 0,
+    attempts {int} NOT NULL DEFAULT 0,
+    max_attempts {int} NOT NULL,
+    retry_delay {real} NOT NULL,
+    timeout {real} NOT NULL,
+    run_at {real} NOT NULL,
+    created_at {real} NOT NULL,
+    started_at {real},
+    finished_at {real},
+    claimed_at {real},
+    pid {int},
+    pid_ctime {real},
+    host TEXT,
+    error TEXT,
+    traceback TEXT,
+    result TEXT,
+    progress TEXT,
+    then_jobs TEXT,
+    parent_id {int},
+    retry_of {int}
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON {p}jobs (priority DESC, run_at, id)
+    WHERE status IN ('pending', 'retrying') AND pid IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_status ON {p}jobs (status, id);
+CREATE INDEX IF NOT EXISTS jobs_target ON {p}jobs (target, id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON {p}jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {p}attempts (
+    job_id {int} NOT NULL,
+    attempt {int} NOT NULL,
+    outcome TEXT NOT NULL,
+    started_at {real},
+    finished_at {real} NOT NULL,
+    pid {int},
+    error TEXT,
+    traceback TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS {p}hosts (
+    host TEXT PRIMARY KEY,
+    pid {int} NOT NULL,
+    started_at {real} NOT NULL,
+    last_seen {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {p}audit (
+    id {id},
+    at {real} NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id {int},
+    detail TEXT,
+    address TEXT
+)
+"""
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def row_to_record(row: Row) -> JobRecord:
+    """A `JobRecord` from a row of `COLUMNS` (JSON columns decoded, status as `JobStatus`)."""
+    (
+        id_, target, method, params, status, priority, attempts, max_attempts, retry_delay,
+        timeout, run_at, created_at, started_at, finished_at, claimed_at, pid, pid_ctime, host,
+        error, traceback, result, progress, then_jobs, parent_id, retry_of,
+    ) = row
+    return JobRecord(
+        id=id_, target=target, method=method, params=json.loads(params), status=JobStatus(status),
+        priority=priority, attempts=attempts, max_attempts=max_attempts,
+        retry_delay=float(retry_delay), timeout=float(timeout), run_at=run_at, created_at=created_at,
+        started_at=started_at, finished_at=finished_at, claimed_at=claimed_at, pid=pid,
+        pid_ctime=pid_ctime, host=host, error=error, traceback=traceback,
+        result=decode_json(result), progress=decode_json(progress),
+        then=decode_json(then_jobs) or [], parent_id=parent_id, retry_of=retry_of,
+    )
+
+
+class SqlStore(Store):
+    """The store methods whose SQL is the same on every database, over a few dialect hooks.
+
+    A dialect implements `_fetch`, `_change` and `_tx`; with notifications, also
+    `_waking`, `_wake_workers` and `_wake_cancelled`.
+    """
+
+    #: The driver's parameter placeholder (shared SQL is written with "?").
+    placeholder: ClassVar[str] = "?"
+    #: The case-insensitive pattern match used by list(search=...).
+    like: ClassVar[str] = "LIKE"
+    #: Appended to the job-row pick ending an attempt: a row lock keeps a concurrent cancel out.
+    lock_row: ClassVar[str] = ""
+    #: DDL type names: the auto-increment primary key, 64-bit integers, floats.
+    id_type: ClassVar[str] = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    int_type: ClassVar[str] = "INTEGER"
+    real_type: ClassVar[str] = "REAL"
+    #: The dialect's own statements after the shared DDL (indexes its queries rely on).
+    extra_ddl: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, url: str, *, prefix: str = "") -> None:
+        self.url = url
+        self.prefix = prefix
+
+    # -- dialect hooks ---------------------------------------------------------------
+    @abstractmethod
+    def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> builtins.list[Row]:
+        """Run one statement written with ``?`` placeholders; every row it returned."""
+
+    @abstractmethod
+    def _change(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        """Run one statement written with ``?`` placeholders; the number of rows it changed."""
+
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[Any]:
+        """A transaction: the `_fetch` / `_change` calls inside it commit together or not at all."""
+
+    def _waking(self, sql: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        """``sql`` (ending ``RETURNING id``) also waking idle workers at commit; still one row per job."""
+        return sql, args
+
+    def _wake_workers(self, job_id: int) -> None:
+        """In a transaction: wake idle workers at commit (a job became claimable or a slot freed)."""
+
+    def _wake_cancelled(self, job_id: int) -> None:
+        """In a transaction: tell the job's host at commit that it was cancelled."""
+
+    def _indexed_by(self, index: str) -> str:
+        """An index hint for the table before it (SQLite's planner needs some; none by default)."""
+        return ""
+
+    # -- helpers -----------------------------------------------------------------------
+    def _dialect(self, sql: str) -> str:
+        """Shared SQL with this driver's placeholders."""
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _schema_statements(self) -> builtins.list[str]:
+        """The CREATE statements of the shared layout plus this dialect's own, prefixed."""
+        ddl = DDL.format(p=self.prefix, id=self.id_type, int=self.int_type, real=self.real_type)
+        shared = [s.strip() for s in ddl.split(";") if s.strip()]
+        return shared + [s.format(p=self.prefix) for s in self.extra_ddl]
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> JobRecord | None:
+        rows = self._fetch(sql, args)
+        return row_to_record(rows[0]) if rows else None
+
+    def _records(self, sql: str, args: tuple[Any, ...] = ()) -> builtins.list[JobRecord]:
+        return [row_to_record(row) for row in self._fetch(sql, args)]
+
+    # -- submit and read -------------------------------------------------------------
+    def _insert(self, job: NewJob, status: JobStatus, now: float, *, wake: bool, **extra: Any) -> int:
+        """Insert the job's row as given: None is NULL (callers pass their timestamps)."""
+        values: dict[str, Any] = {
+            "target": job.target, "method": job.method, "params": json.dumps(job.params),
+            "status": status, "priority": job.priority, "max_attempts": job.max_attempts,
+            "retry_delay": job.retry_delay, "timeout": job.timeout,
+            "run_at": job.run_at or now, "created_at": now,
+            "then_jobs": json.dumps(job.then) if job.then else None,
+            "parent_id": job.parent_id, "retry_of": job.retry_of, **extra,
+        }
+        sql = (f"INSERT INTO {self.prefix}jobs ({', '.join(values)})"
+               f" VALUES ({', '.join(['?'] * len(values))}) RETURNING id")
+        args = tuple(values.values())
+        if wake:  # one statement: the notification goes out when the row commits
+            sql, args = self._waking(sql, args)
+        return int(self._fetch(sql, args)[0][0])
+
+    def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
+        return self._insert(job, status, time.time(), wake=True)
+
+    def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
+        now = time.time()
+        return self._insert(job, JobStatus.RUNNING, now, wake=False, attempts=1, started_at=now,
+                            claimed_at=now, pid=pid, pid_ctime=pid_ctime, host=host)
+
+    def get(self, job_id: int) -> JobRecord | None:
+        return self._one(f"SELECT {COLUMNS} FROM {self.prefix}jobs WHERE id = ?", (job_id,))
+
+    def list(self, *, status: str | None = None, target: str | None = None,
+             search: str | None = None, before_id: int | None = None,
+             limit: int = 50) -> builtins.list[JobRecord]:
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if target:
+            where.append("target = ?")
+            args.append(target)
+        if search:
+            where.append(f"(params {self.like} ? ESCAPE '\\' OR error {self.like} ? ESCAPE '\\')")
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args += [f"%{escaped}%"] * 2
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self._records(f"SELECT {COLUMNS} FROM {self.prefix}jobs {clause} ORDER BY id DESC LIMIT ?",
+                             (*args, limit))
+
+    def attempts(self, job_id: int) -> builtins.list[AttemptRecord]:
+        rows = self._fetch(f"SELECT {ATTEMPT_COLUMNS} FROM {self.prefix}attempts WHERE job_id = ?"
+                           " ORDER BY attempt", (job_id,))
+        return [AttemptRecord(*row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        for status, n in self._fetch(f"SELECT status, count(*) FROM {self.prefix}jobs GROUP BY status"):
+            counts[status] = n
+        return counts
+
+    # -- claiming (the claims themselves are the dialect's) -----------------------------
+    def set_process(self, job_id: int, attempt: int, *, pid: int, pid_ctime: float) -> bool:
+        return self._change(
+            f"UPDATE {self.prefix}jobs SET pid = ?, pid_ctime = ? WHERE id = ? AND attempts = ?"
+            " AND status = 'running' AND (pid IS NULL OR pid = ?)",
+            (pid, pid_ctime, job_id, attempt, pid),
+        ) == 1
+
+    def unclaim(self, job_id: int, attempt: int) -> bool:
+        return len(self._fetch(*self._waking(
+            f"UPDATE {self.prefix}jobs SET"
+            " status = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END,"
+            " attempts = attempts - 1, pid = NULL, pid_ctime = NULL, claimed_at = NULL,"
+            " started_at = CASE WHEN attempts > 1 THEN started_at ELSE NULL END"
+            " WHERE id = ? AND attempts = ? AND status = 'running' AND pid IS NULL RETURNING id",
+            (job_id, attempt),
+        ))) == 1
+
+    def next_run_at(self) -> float | None:
+        rows = self._fetch(
+            f"SELECT min(run_at) FROM {self.prefix}jobs{self._indexed_by('jobs_ready_at')} WHERE {READY_WHERE}")
+        return rows[0][0] if rows else None
+
+    def active(self) -> builtins.list[JobRecord]:
+        return self._records(f"SELECT {COLUMNS} FROM {self.prefix}jobs WHERE {ACTIVE_WHERE}")
+
+    # -- attempt lifecycle (fenced: attempts = ? and the expected status) ------------------
+    def begin_attempt(self, job_id: int, attempt: int, *, now: float) -> bool:
+        return self._change(
+            f"UPDATE {self.prefix}jobs SET status = 'running', attempts = attempts + 1, claimed_at = ?"
+            " WHERE id = ? AND attempts = ? AND status = 'retrying' AND pid IS NOT NULL",
+            (now, job_id, attempt),
+        ) == 1
+
+    def release(self, job_id: int, attempt: int) -> bool:
+        return len(self._fetch(*self._waking(
+            f"UPDATE {self.prefix}jobs SET pid = NULL, pid_ctime = NULL"
+            " WHERE id = ? AND attempts = ? AND status = 'retrying' AND pid IS NOT NULL RETURNING id",
+            (job_id, attempt),
+        ))) == 1
+
+    def _record_attempt(self, job_id: int, attempt: int, outcome: str, started_at: float | None,
+                        now: float, error: str | None, traceback: str | None) -> bool:
+        """Write the running attempt's history row (insert or replace); False if the fence does not match.
+
+        Its values come from the job row itself, picked with `lock_row`, in the
+        caller's transaction: the status change that follows cannot miss.
+        """
+        return self._change(
+            f"INSERT INTO {self.prefix}attempts ({ATTEMPT_COLUMNS})"
+            " SELECT id, attempts, ?, COALESCE(?, claimed_at), ?, pid, ?, ?"
+            f" FROM {self.prefix}jobs WHERE id = ? AND attempts = ? AND status = 'running'{self.lock_row}"
+            " ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome,"
+            " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+            " pid = excluded.pid, error = excluded.error, traceback = excluded.traceback",
+            (outcome, started_at, now, error, traceback, job_id, attempt),
+        ) == 1
+
+    def retry_later(self, job_id: int, attempt: int, *, outcome: str, error: str,
+                    traceback: str | None, run_at: float, release: bool, now: float,
+                    started_at: float | None = None) -> bool:
+        keep_pid, keep_ctime = ("NULL", "NULL") if release else ("pid", "pid_ctime")
+        with self._tx():
+            if not self._record_attempt(job_id, attempt, outcome, started_at, now, error, traceback):
+                return False
+            self._change(
+                f"UPDATE {self.prefix}jobs SET status = 'retrying', error = ?, traceback = ?, run_at = ?,"
+                f" pid = {keep_pid}, pid_ctime = {keep_ctime}"
+                " WHERE id = ? AND attempts = ? AND status = 'running'",
+                (error, traceback, run_at, job_id, attempt),
+            )
+            if release:
+                self._wake_workers(job_id)
+        return True
+
+    def finish(self, job_id: int, attempt: int, *, status: JobStatus, now: float,
+               error: str | None = None, traceback: str | None = None,
+               result: str | None = None, outcome: str | None = None,
+               started_at: float | None = None) -> bool:
+        if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
+            raise ValueError(f"finish() takes completed or failed, not {status!r}")
+        with self._tx():
+            if not self._record_attempt(job_id, attempt, outcome or status, started_at, now,
+                                        error, traceback):
+                return False
+            self._change(
+                f"UPDATE {self.prefix}jobs SET status = ?, finished_at = ?, error = ?, traceback = ?, result = ?"
+                " WHERE id = ? AND attempts = ? AND status = 'running'",
+                (status, now, error, traceback, result, job_id, attempt),
+            )
+            self._wake_workers(job_id)  # a slot is free: a worker held back by the cap may claim
+        return True
+
+    def set_progress(self, job_id: int, attempt: int, progress: dict[str, Any]) -> bool:
+        return self._change(
+            f"UPDATE {self.prefix}jobs SET progress = ? WHERE id = ? AND attempts = ? AND status = 'running'",
+            (json.dumps(progress), job_id, attempt),
+        ) == 1
+
+    def finished_since(self, since: float) -> builtins.list[tuple[float, float | None, str]]:
+        rows = self._fetch(f"SELECT finished_at, finished_at - started_at, status FROM {self.prefix}jobs"
+                           " WHERE finished_at >= ? ORDER BY finished_at", (since,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- audit -------------------------------------------------------------------------
+    def add_audit(self, *, actor: str, action: str, job_id: int | None, detail: str | None,
+                  address: str | None, now: float) -> int:
+        rows = self._fetch(f"INSERT INTO {self.prefix}audit (at, actor, action, job_id, detail, address)"
+                           " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                           (now, actor, action, job_id, detail, address))
+        return int(rows[0][0])
+
+    def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
+        where, args = ("", ()) if before_id is None else ("WHERE id < ? ", (before_id,))
+        rows = self._fetch(f"SELECT id, at, actor, action, job_id, detail, address FROM {self.prefix}audit"
+                           f" {where}ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [AuditEntry(*r) for r in rows]
+
+    # -- hosts -------------------------------------------------------------------------
+    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+        self._change(
+            f"INSERT INTO {self.prefix}hosts AS h (host, pid, started_at, last_seen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, pid = excluded.pid,"
+            " started_at = CASE WHEN h.pid = excluded.pid THEN h.started_at ELSE excluded.started_at END",
+            (host, pid, now, now))
+
+    def remove_host(self, host: str) -> None:
+        self._change(f"DELETE FROM {self.prefix}hosts WHERE host = ?", (host,))
+
+    def hosts(self) -> builtins.list[HostRecord]:
+        rows = self._fetch(f"SELECT host, pid, started_at, last_seen FROM {self.prefix}hosts"
+                           " ORDER BY last_seen DESC")
+        return [HostRecord(*r) for r in rows]
+
+    def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
+        return self._records(
+            f"SELECT {COLUMNS} FROM {self.prefix}jobs WHERE status = 'cancelled' AND host = ?"
+            " AND pid IS NOT NULL AND finished_at >= ?", (host, since))
+
+    # -- cancellation --------------------------------------------------------------------
+    def cancel(self, job_id: int, *, now: float) -> JobRecord | None:
+        with self._tx():
+            before = self._one(f"SELECT {COLUMNS} FROM {self.prefix}jobs WHERE id = ?{self.lock_row}",
+                               (job_id,))
+            if before is None or before.status not in CANCELLABLE:
+                return None
+            if before.status == JobStatus.RUNNING:  # only a running attempt has a history row to end
+                self._record_attempt(job_id, before.attempts, JobStatus.CANCELLED, None, now,
+                                     "cancelled", None)
+            self._change(
+                f"UPDATE {self.prefix}jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled'"
+                f" WHERE id = ? AND status IN {CANCELLABLE_IN}", (now, job_id))
+            self._wake_cancelled(job_id)
+            if before.owned:  # its slot is free
+                self._wake_workers(job_id)
+        return before
