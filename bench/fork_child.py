@@ -3,7 +3,7 @@
     python bench/fork_child.py [--runs 60]
 
 A warm template (``forktemplate.Template.warm_up``, as the worker starts it) forks
-job processes that take the steps of ``Template._child`` and ``run_cli.run_queued``
+job processes that take the steps of ``job.forked.run`` and ``job.main.run_queued``
 one by one, each timed (``perf_counter``) and counted in minor page faults
 (``getrusage``). Two columns side by side in one run:
 

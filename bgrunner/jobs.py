@@ -12,7 +12,6 @@ import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from bgrunner import procs
@@ -181,7 +180,7 @@ def launch_forked(ctx: Context, server: ForkServer, job: JobRecord) -> ForkedPro
         # Its process died while preparing the job (or the template did): a failed attempt,
         # retried per policy. Unclaiming instead could claim and fail it again forever.
         # Recorded first: a process still waiting checks the store when its pipe closes.
-        record_death(ctx, replace(job, pid=pid), f"it died before its start ({exc})",
+        record_death(ctx, dataclasses.replace(job, pid=pid), f"it died before its start ({exc})",
                      relaunch=False)
         server.release(pid)
         raise ForkServerError(f"cannot start job {job.id}: {exc}") from exc
