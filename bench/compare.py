@@ -499,6 +499,7 @@ def row_launch(samples: int) -> None:
     """The fork server's launch (hand, record the pid, go), and the spawn mode's Popen."""
     from bgrunner import jobs
     from bgrunner.context import host_id
+    from bgrunner.job.command import job_command
     from bgrunner.jobs import launch_forked
     from bgrunner.launch import spawn as launcher
     from bgrunner.launch.forkserver import ForkServer
@@ -523,7 +524,7 @@ def row_launch(samples: int) -> None:
         jobs.submit(ctx, jobs.prepare(ctx, TARGET, "noop", []))
         job = ctx.store.claim_next(now=time.time(), cap=64, host=host_id())
         t = time.perf_counter()
-        proc = launcher.spawn(launcher.job_command(job.target, job.method, job.id),
+        proc = launcher.spawn(job_command(job.target, job.method, job.id),
                               env=ctx.child_env(), output_dir=ctx.output_dir, job_id=job.id)
         spawn_rt.append(time.perf_counter() - t)
         proc.wait()
@@ -631,8 +632,8 @@ def write_results(path: Path, args: argparse.Namespace, elapsed: float) -> None:
         "or exit report: the kernel's price of a process per job plus the store's writes, "
         "the most any fork-per-job runner on this interpreter can do here.",
         "- idle spare: a job process the fork server forked ahead, waiting for a job.",
-        "- launch call: `forkserver.launch_forked()` (hand the job to a waiting process, record "
-        "its pid, go: two round trips to the template) vs `launcher.spawn()` (`Popen` of "
+        "- launch call: `jobs.launch_forked()` (hand the job to a waiting process, record "
+        "its pid, go: two round trips to the template) vs `launch.spawn.spawn()` (`Popen` of "
         "`python run_job.py`), as the worker pays them.", "",
         *(f"- {n}" for n in notes),
     ]
