@@ -22,7 +22,7 @@ from bgrunner.errors import ExitCode, JobError, UsageError
 if TYPE_CHECKING:
     from bgrunner.allowlist import JobSpec
     from bgrunner.context import Context
-    from bgrunner.model import JobRecord
+    from bgrunner.model import JobRecord, NewJob
     from bgrunner.settle import Outcome
 
 
@@ -68,8 +68,6 @@ def _reporting_errors(ctx: Context, target: str, method: str, run: Callable[[], 
 
 def run_foreground(ctx: Context, args: argparse.Namespace) -> int:
     """Record the job as running in this process and supervise it here, retries included."""
-    from bgrunner import procs
-    from bgrunner.context import host_id
     from bgrunner.errors import TargetLoadError
     from bgrunner.job.supervisor import Supervisor
     from bgrunner.model import NewJob
@@ -82,24 +80,30 @@ def run_foreground(ctx: Context, args: argparse.Namespace) -> int:
     new = NewJob(target=spec.target, method=args.method, params=params,
                  max_attempts=policy.max_attempts, retry_delay=policy.retry_delay,
                  timeout=policy.timeout)
-    pid = os.getpid()
     try:
-        bound: _Prepared | None = _bind(spec, args.method, params)
-        failure = None
+        bound = _bind(spec, args.method, params)
     except TargetLoadError as exc:  # recorded as a failed job; bad params are a usage error
-        bound, failure = None, exc
-    job = ctx.store.get(ctx.store.create_running(
-        new, pid=pid, pid_ctime=procs.start_time(pid) or 0.0, host=host_id()))
-    assert job is not None
-    if bound is None:
-        assert failure is not None
-        _fail_unstarted(ctx, job, Outcome.unstartable("load_error", failure))
-        print(f"run_job.py: job {job.id} failed: {failure}", file=sys.stderr)
+        job = _record_running(ctx, new)
+        _fail_unstarted(ctx, job, Outcome.unstartable("load_error", exc))
+        print(f"run_job.py: job {job.id} failed: {exc}", file=sys.stderr)
         return ExitCode.FAILED
+    job = _record_running(ctx, new)
     os.environ["BGRUNNER_JOB_ID"] = str(job.id)
     code = Supervisor(ctx, spec, bound.cls, job, bound.args, bound.kwargs, foreground=True).run()
     _report(ctx, job.id)
     return code
+
+
+def _record_running(ctx: Context, new: NewJob) -> JobRecord:
+    """Record a foreground job as running in this process (attempt 1)."""
+    from bgrunner import procs
+    from bgrunner.context import host_id
+
+    pid = os.getpid()
+    job = ctx.store.get(ctx.store.create_running(
+        new, pid=pid, pid_ctime=procs.start_time(pid) or 0.0, host=host_id()))
+    assert job is not None
+    return job
 
 
 def _report(ctx: Context, job_id: int) -> None:

@@ -15,7 +15,7 @@ full job process as ``run_job.py --job-id N`` would be: a session of its own,
 stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``, the
 worker's environment and working directory, the allowlist read from the file.
 Cancellation and crash detection are unchanged. A job without a timeout runs
-its method in this one process (``runner``, *inline*); one with a timeout forks
+its method in this one process (``job.supervisor``, *inline*); one with a timeout forks
 an attempt process, as in spawn mode, so its deadline is enforced from outside.
 
 Why a separate template rather than ``os.fork()`` in the worker: the worker may

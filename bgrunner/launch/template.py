@@ -1,6 +1,6 @@
 """The fork server's template process: a warm, single-threaded interpreter that forks job processes.
 
-Started by ``bgrunner.forkserver.ForkServer`` as
+Started by ``bgrunner.launch.forkserver.ForkServer`` as
 ``python -m bgrunner.launch.template --fd N --events-fd M --tid T`` (the design is
 described in ``bgrunner.launch.forkserver``). It never opens the job store and never
 starts a thread, so a forked child inherits nothing it must not share.

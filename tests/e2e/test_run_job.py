@@ -290,3 +290,35 @@ def test_status_list_logs_and_jobs_commands(project: Project, tmp_path: Path) ->
     jobs_text = project.cli("jobs").stdout
     assert "typed(n: int, ratio: float, flag: bool" in jobs_text
     assert "cannot load" in jobs_text  # the broken module is reported, not fatal
+
+
+def test_a_queued_job_stopped_while_waiting_to_retry_is_released(project: Project, tmp_path: Path) -> None:
+    """SIGTERM to a queued job's process during its retry wait hands the job to the workers (no dead pid kept)."""
+    import subprocess
+    import sys
+
+    from bgrunner.context import host_id
+    from bgrunner.model import NewJob
+    from tests.conftest import ROOT
+
+    store = project.store()
+    try:
+        job_id = store.create(NewJob(target="tests.fixtures:Probe", method="fail_until",
+                                     params=[str(tmp_path / "count"), 5], max_attempts=3,
+                                     retry_delay=60.0, timeout=30.0))  # a timeout: not inline
+        assert store.claim(job_id, now=time.time(), cap=10, host=host_id()) is not None
+    finally:
+        store.close()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_job.py"), "tests.fixtures:Probe",
+                             "fail_until", "--job-id", str(job_id)], cwd=ROOT, env=project.env)
+    wait_until(lambda: project.job(job_id).status == "retrying", message="the first attempt to fail")
+    assert project.job(job_id).pid == proc.pid  # kept by its process for the next attempt
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 1
+    job = project.job(job_id)
+    assert (job.status, job.attempts, job.pid) == ("retrying", 1, None)
+    store = project.store()
+    try:
+        assert [a.outcome for a in store.attempts(job_id)] == ["error"]  # nothing more recorded
+    finally:
+        store.close()
