@@ -3,7 +3,7 @@
 Precedence: a command-line flag, then the ``BGRUNNER_*`` environment variable,
 then the default under the current directory (CONTRACT §2). Children get the
 resolved values in their environment, so a flag given to the parent means the
-same to every process it starts.
+same to every process it starts, and never the dashboard's secrets (CONTRACT §14).
 """
 
 from __future__ import annotations
@@ -14,12 +14,33 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from bgrunner.allowlist import Config, RunnerSettings
     from bgrunner.eventlog import EventLog
     from bgrunner.store.base import Store
 
 DEFAULT_CONFIG = os.path.join("config", "allowed_jobs.toml")
 DEFAULT_LOG_DIR = "logs"
+
+#: Variables no launched process receives (worker, fork template, job): the dashboard's
+#: settings, its login tokens among them. Only the dashboard reads them, and a job runs
+#: code that must not learn them (CONTRACT §14). A prefix, so a secret added later is covered.
+HIDDEN_PREFIX = "BGRUNNER_DASHBOARD_"
+
+
+def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``environ`` without the variables launched processes must not see."""
+    return {k: v for k, v in environ.items() if not k.startswith(HIDDEN_PREFIX)}
+
+
+def scrub_environ() -> None:
+    """Drop the hidden variables from this process's own environment (a fork template, at its start).
+
+    A forked child inherits ``os.environ``, and whatever it execs gets it too.
+    """
+    for name in [k for k in os.environ if k.startswith(HIDDEN_PREFIX)]:
+        del os.environ[name]
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -41,11 +62,44 @@ def absolute_url(url: str | None) -> str:
     return url
 
 
+_host_id: str | None = None
+
+
 def host_id() -> str:
-    """This host's name in the store: ``BGRUNNER_HOST_ID`` or the hostname."""
+    """This host's id in the store: ``BGRUNNER_HOST_ID``, or the hostname plus a hash of its pid space.
+
+    Two machines (or containers) with one hostname get different ids: the hash
+    covers the boot id and the pid namespace, exactly what makes a pid mean the
+    same process. Pids and start times are only ever checked on the host whose
+    id a job carries, so this id must never be shared by two pid spaces.
+    """
+    global _host_id
     if os.environ.get("BGRUNNER_HOST_ID"):
         return os.environ["BGRUNNER_HOST_ID"]
-    return os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "localhost")
+    if _host_id is None:
+        name = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "localhost")
+        _host_id = f"{name}-{_pid_space()}"
+    return _host_id
+
+
+def _pid_space() -> str:
+    """Eight hex digits naming this boot and pid namespace (Linux), else the machine's node id."""
+    import zlib
+
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/etc/machine-id"):
+        try:
+            with open(path, "rb") as f:
+                parts.append(f.read().strip())
+        except OSError:
+            pass
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino).encode())
+    except OSError:
+        import uuid
+
+        parts.append(str(uuid.getnode()).encode())
+    return format(zlib.crc32(b"\0".join(parts)), "08x")
 
 
 @dataclass
@@ -56,6 +110,13 @@ class Context:
     log_dir: str
     database_url: str
     autostart: bool = True
+
+    def __repr__(self) -> str:
+        """As the dataclass would, with the store URL's password masked (a repr lands in logs)."""
+        from bgrunner.store.base import redact_url
+
+        return (f"Context(config_path={self.config_path!r}, log_dir={self.log_dir!r}, "
+                f"database_url={redact_url(self.database_url)!r}, autostart={self.autostart!r})")
 
     @classmethod
     def resolve(cls, config: str | None = None, log_dir: str | None = None,
@@ -129,8 +190,12 @@ class Context:
         return os.path.join(self.log_dir, "output")
 
     def child_env(self) -> dict[str, str]:
-        """The caller's environment plus the resolved locations, for a launched process."""
-        env = dict(os.environ)
+        """The caller's environment plus the resolved locations, for a launched process.
+
+        Without the dashboard's variables (:data:`HIDDEN_PREFIX`). The store URL
+        goes in whole: the child opens the store with it; only messages mask it.
+        """
+        env = launch_env(os.environ)
         env["BGRUNNER_CONFIG"] = self.config_path
         env["BGRUNNER_LOG_DIR"] = self.log_dir
         env["BGRUNNER_DATABASE_URL"] = self.database_url

@@ -7,14 +7,16 @@ start time) before it believes a job is running.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bgrunner import procs
+from bgrunner import bounds, procs
 from bgrunner.allowlist import JobSpec, target_of
 from bgrunner.context import Context, host_id
 from bgrunner.errors import ForkServerError, JobNotFound, ParamsError, UsageError
@@ -45,10 +47,10 @@ def check_params(params: object) -> Params:
     if not isinstance(params, list | dict):
         raise ParamsError(f"params must be a list or a dict, not {type(params).__name__}")
     try:
-        text = json.dumps(params, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ParamsError(f"params are not JSON-serialisable: {exc}") from exc
-    return json.loads(text)  # type: ignore[no-any-return]
+        bounds.check_params(params)  # NaN, infinity, 64-bit ints, depth, size (CONTRACT §14)
+    except UsageError as exc:
+        raise ParamsError(str(exc)) from exc
+    return json.loads(json.dumps(params))  # type: ignore[no-any-return]
 
 
 def check_binding(target: str | type, spec: JobSpec, method: str, params: Params) -> None:
@@ -79,10 +81,12 @@ def prepare(ctx: Context, target: str | type, method: str, params: object, *, pr
     spec = ctx.config.check(name, method)
     checked = check_params(params)
     check_binding(target, spec, method, checked)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise UsageError(f"priority must be an integer, not {priority!r}")
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-        raise UsageError(f"delay must be a number of seconds >= 0, not {delay!r}")
+    bounds.check_int(priority, what="priority")
+    delay = bounds.check_seconds(delay, what="delay", maximum=bounds.MAX_DELAY) or 0.0
+    if max_attempts is not None:
+        bounds.check_int(max_attempts, what="max_attempts", minimum=1, maximum=bounds.INT_MAX)
+    retry_delay = bounds.check_seconds(retry_delay, what="retry_delay", maximum=bounds.MAX_RETRY_DELAY)
+    timeout = bounds.check_seconds(timeout, what="timeout", maximum=bounds.MAX_TIMEOUT)
     policy = spec.policy.with_overrides(max_attempts=max_attempts, retry_delay=retry_delay,
                                         timeout=timeout)
     followups = [followup(ctx, item) for item in (then or [])]
@@ -117,7 +121,7 @@ def submit(ctx: Context, new: NewJob) -> int:
     else:
         from bgrunner.launch.wakeup import notify
 
-        notify(ctx.database_url)  # a running worker picks it up now rather than at its next poll
+        notify(ctx)  # a running worker picks it up now rather than at its next poll
     return job_id
 
 
@@ -218,23 +222,39 @@ def record_death(ctx: Context, job: JobRecord, how: str, *, relaunch: bool = Tru
     return decision is not None
 
 
-def recover_lost_hosts(ctx: Context, me: str, *, timeout: float, now: float) -> list[str]:
-    """Fail the running attempts of hosts whose heartbeat is older than ``timeout``; their names.
+def recover_expired_leases(ctx: Context, me: str, *, timeout: float) -> list[int]:
+    """Give up the jobs no process has renewed the lease of for ``timeout`` s; their ids.
 
-    Each such attempt is retried per its policy (a worker claims it); the lost
-    host's row is removed. Called by every worker with its own host name.
+    A lease is renewed by the job's own process (whatever started it: a worker,
+    an auto-starting caller, a foreground ``run_job.py``) on the store's clock, so
+    a dead host is noticed whether or not a worker ran there, and a host whose
+    clock is off is not. A claim never launched goes back to the queue; a job
+    whose process stopped renewing is a failed attempt, retried per its policy.
+    Jobs of this host whose process is still alive are left to `reconcile`
+    (pid + start time are checked here, not guessed).
     """
-    lost = {h.host: h for h in ctx.store.hosts() if h.host != me and now - h.last_seen > timeout}
-    if not lost:
-        return []
-    for job in ctx.store.active():
-        if job.host in lost:
-            silent = now - lost[job.host].last_seen
-            record_death(ctx, job, f"host lost: no heartbeat from {job.host} for {silent:.0f} s",
-                         relaunch=False)
-    for host in lost:
+    given_up = []
+    for job in ctx.store.expired_leases(timeout=timeout):
+        if job.host == me and job.pid is not None and procs.is_alive(job.pid, job.pid_ctime):
+            continue
+        if job.pid is None:
+            if ctx.store.unclaim(job.id, job.attempts):
+                given_up.append(job.id)
+            continue
+        silent = ctx.store.clock() - (job.lease_at or job.claimed_at or 0.0)
+        if record_death(ctx, job, f"lease expired: no sign of life from its process on {job.host}"
+                        f" for {silent:.0f} s", relaunch=False):
+            given_up.append(job.id)
+    return given_up
+
+
+def remove_stale_hosts(ctx: Context, me: str, *, timeout: float) -> list[str]:
+    """Drop the rows of workers not seen for ``timeout`` s (on the store's clock); their names."""
+    now = ctx.store.clock()
+    stale = [h.host for h in ctx.store.hosts() if h.host != me and now - h.last_seen > timeout]
+    for host in stale:
         ctx.store.remove_host(host)
-    return list(lost)
+    return stale
 
 
 def reconcile(ctx: Context, jobs: Iterable[JobRecord] | None = None) -> int:
@@ -260,8 +280,17 @@ def reconcile(ctx: Context, jobs: Iterable[JobRecord] | None = None) -> int:
     return changed
 
 
+def find(ctx: Context, job_id: int | str) -> JobRecord:
+    """The job as the store has it; reading never acts (no reconcile, no relaunch)."""
+    jid = parse_id(job_id)
+    job = ctx.store.get(jid)
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
 def get(ctx: Context, job_id: int | str) -> JobRecord:
-    """The job, after checking that a running one really is running."""
+    """The job, after checking that a running one really is running (may record its death)."""
     jid = parse_id(job_id)
     job = ctx.store.get(jid)
     if job is None:
@@ -276,13 +305,13 @@ def parse_id(job_id: int | str) -> int:
         value = int(job_id)
     except (TypeError, ValueError):
         raise JobNotFound(f"no job {job_id!r}: ids are whole numbers") from None
-    if value <= 0:
+    if value <= 0 or value > bounds.INT_MAX:
         raise JobNotFound(f"no job {job_id!r}")
     return value
 
 
 def cancel(ctx: Context, job_id: int | str, *, reason: str = "cancelled by request",
-           wait: bool = True) -> bool:
+           wait: bool = True, actor: str | None = None) -> bool:
     """Cancel a pending, retrying or running job. True if this call cancelled it.
 
     The status becomes ``cancelled`` first (final: the dying job cannot
@@ -295,25 +324,33 @@ def cancel(ctx: Context, job_id: int | str, *, reason: str = "cancelled by reque
     if before is None:
         return False
     ctx.log.emit("job_cancelled", job_id=str(jid), target=before.target, method=before.method,
-                 attempt=before.attempts, reason=reason, was=before.status)
+                 attempt=before.tries, reason=reason, was=before.status)
+    if actor is not None:
+        ctx.store.add_audit(actor=actor, action="cancel", job_id=jid, detail=reason, address=None,
+                            now=time.time())
     if before.pid is not None and (before.host is None or before.host == host_id()):
         stop_process(ctx, before, wait=wait)
     return True
 
 
-def stop_process(ctx: Context, job: JobRecord, *, wait: bool = True) -> None:
-    """SIGTERM the job's tree, SIGKILL what is left after the grace (in a thread if not waiting)."""
-    if not procs.is_alive(job.pid, job.pid_ctime):
-        return
+def stop_process(ctx: Context, job: JobRecord, *, wait: bool = True) -> bool:
+    """SIGTERM the job's tree, SIGKILL what is left after the grace (in a thread if not waiting).
+
+    Only a process that proves it is this job's (`procs.is_job_process`) is
+    signalled; False when there was none to signal.
+    """
+    if not procs.is_job_process(job.pid, job.pid_ctime, job.id):
+        return False
+    args = (job.pid, job.pid_ctime, job.id)
     kwargs: dict[str, Any] = {"grace": ctx.config.runner.cancel_grace,
                               "root_extra": procs.SUPERVISOR_EXTRA_GRACE}
     if wait:
-        procs.kill_tree(job.pid or 0, job.pid_ctime, **kwargs)
-        return
+        procs.stop_job_tree(*args, **kwargs)
+        return True
     import threading
 
-    threading.Thread(target=procs.kill_tree, args=(job.pid or 0, job.pid_ctime),
-                     kwargs=kwargs, daemon=True).start()
+    threading.Thread(target=procs.stop_job_tree, args=args, kwargs=kwargs, daemon=True).start()
+    return True
 
 
 def wait_for(ctx: Context, job_id: int | str, timeout: float | None = None,
@@ -349,6 +386,22 @@ def submit_followups(ctx: Context, job: JobRecord) -> list[int]:
             ctx.log.emit("job_rejected", level="error", job_id=None, target=item.get("target"),
                          method=item.get("method"), reason=f"follow-up of job {job.id}: {exc}")
     return ids
+
+
+#: Audit entries are kept this long (the dashboard's and the API's record of who did what).
+AUDIT_RETENTION = 90 * 86400.0
+
+
+def prune(ctx: Context, *, finished_before: float, audit_before: float | None = None) -> int:
+    """Delete final jobs finished before a time, their output files, and audit entries past retention."""
+    from bgrunner.output import output_path
+
+    gone = ctx.store.prune(finished_before=finished_before)
+    for job_id in gone:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(output_path(ctx.output_dir, job_id))
+    ctx.store.prune_audit(before=time.time() - AUDIT_RETENTION if audit_before is None else audit_before)
+    return len(gone)
 
 
 def retry(ctx: Context, job_id: int | str) -> int:

@@ -83,6 +83,16 @@ class JobRecord:
     then: list[dict[str, Any]] = field(default_factory=list)
     parent_id: int | None = None
     retry_of: int | None = None
+    #: Claims given back before their process started (``unclaim``). ``attempts`` is also
+    #: the fence token and never goes down, so these are subtracted where attempts are counted.
+    unstarted: int = 0
+    #: The store's clock when a process last proved it works on the job (claim, launch, lease renewal).
+    lease_at: float | None = None
+
+    @property
+    def tries(self) -> int:
+        """Attempts that really started (the public ``attempts``; retry policies count these)."""
+        return self.attempts - self.unstarted
 
     @property
     def is_final(self) -> bool:
@@ -103,7 +113,7 @@ class JobRecord:
             "params": self.params,
             "status": str(self.status),
             "priority": self.priority,
-            "attempts": self.attempts,
+            "attempts": self.tries,
             "max_attempts": self.max_attempts,
             "retry_delay": self.retry_delay,
             "timeout": self.timeout,

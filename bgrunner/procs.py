@@ -2,7 +2,11 @@
 
 Pids are reused, so every process bgrunner records is identified by its pid and
 the start time psutil reports for it (``create_time``). Nothing here signals a
-pid whose start time differs from the recorded one.
+pid whose start time differs from the recorded one. A pid read from the store
+is signalled only through :func:`stop_job_tree`, which also asks the process to
+prove it is that job's process (its name or command line names the job) and
+never signals pid 1, this process or one of its ancestors: a forged store row
+must not be able to point a worker at an unrelated process.
 """
 
 from __future__ import annotations
@@ -142,6 +146,68 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
+#: A job process names itself ``bgjob:<id>`` (Linux ``comm``, 15 bytes at most).
+JOB_NAME_PREFIX = "bgjob:"
+
+
+def job_process_name(job_id: int) -> str:
+    digits = str(job_id)
+    return JOB_NAME_PREFIX + digits[-(15 - len(JOB_NAME_PREFIX)):]
+
+
+def mark_job_process(job_id: int) -> None:
+    """Name this process after its job (``ps`` shows ``bgjob:42``): the proof `is_job_process` reads."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/comm", "w") as f:
+                f.write(job_process_name(job_id))
+        except OSError:  # pragma: no cover - /proc without write access
+            pass
+
+
+def _protected() -> set[int]:
+    """Pids never signalled on a store's word: 0, 1, this process and its ancestors."""
+    protected = {0, 1, os.getpid()}
+    pid = os.getppid()
+    while pid > 1 and pid not in protected:
+        protected.add(pid)
+        fields = _linux_stat(pid) if sys.platform.startswith("linux") else None
+        if fields is None:
+            break
+        pid = int(fields[1])  # ppid
+    return protected
+
+
+def is_job_process(pid: int | None, recorded_start: float | None, job_id: int) -> bool:
+    """True if ``pid`` is alive, has the recorded start time, and names job ``job_id``.
+
+    The name is set by the job process itself (:func:`mark_job_process`); a spawned
+    job process is also recognised by its command line (``run_job.py ... --job-id N``)
+    before it has named itself. Without a recorded start time nothing is proven.
+    """
+    if not pid or pid in _protected() or recorded_start is None or not is_alive(pid, recorded_start):
+        return False
+    if not sys.platform.startswith("linux"):  # pragma: no cover - start time only
+        return True
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            if f.read().strip() == job_process_name(job_id).encode():
+                return True
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(a == b"--job-id" and b == str(job_id).encode() for a, b in zip(argv, argv[1:], strict=False))
+
+
+def stop_job_tree(pid: int | None, recorded_start: float | None, job_id: int, *, grace: float,
+                  root_extra: float = 0.0) -> bool:
+    """`kill_tree` for a pid read from the store: only once `is_job_process` proves it. True if signalled."""
+    if pid is None or not is_job_process(pid, recorded_start, job_id):
+        return False
+    return kill_tree(pid, recorded_start, grace=grace, root_extra=root_extra)
+
+
 #: A job's supervisor, once its descendants are dead, gets this long to record its end and
 #: exit before it is killed too (see ``kill_tree(root_extra=...)``).
 SUPERVISOR_EXTRA_GRACE = 3.0
@@ -166,6 +232,8 @@ def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
         targets = root.children(recursive=True) + ([root] if include_root else [])
     except psutil.NoSuchProcess:
         return True
+    protected = _protected()
+    targets = [p for p in targets if p.pid not in protected]
     _signal_all(targets, signal.SIGTERM)
     _gone, alive = psutil.wait_procs(targets, timeout=grace) if grace > 0 else ([], targets)
     root_alive = [p for p in alive if p.pid == root.pid]
@@ -190,7 +258,10 @@ def kill_tree(pid: int, recorded_start: float | None, *, grace: float,
 def _signal_all(procs: list[Any], sig: int) -> None:
     import psutil
 
+    protected = _protected()
     for p in procs:
+        if p.pid in protected:
+            continue
         try:
             p.send_signal(sig)  # psutil checks the pid was not reused since it was collected
         except (psutil.NoSuchProcess, psutil.AccessDenied):

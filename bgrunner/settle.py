@@ -13,11 +13,13 @@ which event is logged with which fields — live in one place.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from bgrunner import bounds
 from bgrunner.model import JobStatus
 
 if TYPE_CHECKING:
@@ -73,8 +75,12 @@ class Outcome:
 
         from bgrunner.retry import exception_names
 
-        return cls.raised(f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)),
-                          exception_names(type(exc)))
+        try:
+            message = f"{type(exc).__name__}: {exc}"
+            trace = "".join(traceback.format_exception(exc))
+        except Exception:  # noqa: BLE001 - a job's own __str__ raised: the failure is still recorded
+            message = trace = f"{type(exc).__name__}: <exception not printable>"
+        return cls.raised(_clip_error(message), _clip_traceback(trace), exception_names(type(exc)))
 
     @classmethod
     def timed_out(cls, error: str) -> Outcome:
@@ -95,7 +101,7 @@ class Outcome:
         """A job that could not start: ``load_error``, ``invalid_params`` or ``rejected``."""
         from bgrunner.eventlog import format_exception
 
-        return cls(kind, error=str(exc), traceback=format_exception(exc))
+        return cls(kind, error=_clip_error(str(exc)), traceback=_clip_traceback(format_exception(exc)))
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,9 @@ def settle_attempt(store: Store, log: EventLog, job: JobRecord, attempt: int, ou
     ``log`` should be bound to the job (``job_id``, ``target``, ``method``);
     ``log_fields`` are added to the event (e.g. the dead process's ``pid``).
     """
-    decision = decide(policy, attempt, outcome, rand)
+    # ``attempt`` is the fence; claims given back before a start do not count against the policy.
+    outcome = storable(outcome)
+    decision = decide(policy, attempt - job.unstarted, outcome, rand)
     now = time.time() if now is None else now
     if isinstance(decision, Complete):
         if not store.finish(job.id, attempt, status=JobStatus.COMPLETED, now=now,
@@ -184,3 +192,50 @@ def settle_attempt(store: Store, log: EventLog, job: JobRecord, attempt: int, ou
     log.emit("job_retrying", level="warning", attempt=attempt, error=error,
              retry_in_s=round(decision.delay, 3), outcome=outcome.kind, **log_fields)
     return decision
+
+
+def storable(outcome: Outcome) -> Outcome:
+    """The outcome as it may be stored (CONTRACT §14): text clipped, the result encodable by any reader.
+
+    The attempt side already produces this (``bgrunner.bounds.sanitize``); this is the
+    net under every path, for a result that still holds NaN or infinity (stored as null
+    inside) or that is not JSON at all (not stored, and said why).
+    """
+    changes: dict[str, Any] = {}
+    for name, clip_text in (("error", _clip_error), ("note", _clip_error), ("traceback", _clip_traceback)):
+        text = getattr(outcome, name)
+        if text is not None and clip_text(str(text)) is not text:
+            changes[name] = clip_text(str(text))
+    if outcome.result is not None:
+        result, note = _storable_result(outcome.result)
+        if result != outcome.result:
+            changes["result"] = result
+            changes["note"] = note or changes.get("note", outcome.note)
+    return replace(outcome, **changes) if changes else outcome
+
+
+def _storable_result(text: object) -> tuple[str | None, str | None]:
+    """Result JSON text as stored: unchanged when strict JSON, else cleaned, else dropped with why."""
+    if not isinstance(text, str) or len(text.encode("utf-8", "surrogatepass")) > bounds.MAX_RESULT_BYTES:
+        return None, "result not stored: not JSON text within the size limit"
+    loose: list[bool] = []
+
+    def constant(name: str) -> float:
+        loose.append(True)
+        return float(name)
+
+    try:
+        value = json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError):
+        return None, "result not stored: not valid JSON"
+    if not loose and bounds.sanitize(value) == value:
+        return text, None
+    return json.dumps(bounds.sanitize(value), allow_nan=False), None
+
+
+def _clip_error(text: str) -> str:
+    return bounds.clip(text, bounds.MAX_ERROR_CHARS) or ""
+
+
+def _clip_traceback(text: str) -> str:
+    return bounds.clip(text, bounds.MAX_TRACEBACK_CHARS) or ""

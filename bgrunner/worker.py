@@ -10,6 +10,7 @@ exit, never busy-polling. SIGTERM once: stop claiming, let running jobs finish
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import sys
@@ -19,13 +20,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from bgrunner import jobs, procs
 from bgrunner.context import Context, host_id
-from bgrunner.errors import ForkServerError, JobError
+from bgrunner.errors import ForkServerError, JobError, StoreError
 from bgrunner.launch.wakeup import Listener, lock_path
 from bgrunner.signals import StopRequested, stop_signals
 
 if TYPE_CHECKING:
     from bgrunner.launch.forkserver import ForkServer
-    from bgrunner.model import JobRecord
+    from bgrunner.model import HostRecord, JobRecord
     from bgrunner.store.base import Notifications
 
 #: How often the worker checks every active job against the OS, at most (seconds).
@@ -38,6 +39,11 @@ CANCEL_CHECK_INTERVAL = 0.5
 CANCEL_WINDOW = 3600.0
 #: Fork mode: job processes the template keeps forked ahead, at most (one per slot below it).
 MAX_SPARES = 4
+#: A call to an unreachable store gives up after this long in the worker (its loop then
+#: backs off and tries again, still answering signals); job processes wait far longer.
+STORE_PATIENCE = 5.0
+#: Backoff between rounds while the store is unreachable: doubled up to the maximum.
+OUTAGE_BACKOFF = (0.2, 5.0)
 
 
 class JobProcess(Protocol):
@@ -85,58 +91,172 @@ class Worker:
         self._idle_since = time.monotonic()
         self.notifications: Notifications | None = None
         self.forkserver: ForkServer | None = None
+        #: Since when (monotonic) the store has answered without a break; None during an outage.
+        self._store_ok_since: float | None = time.monotonic()
+        self._outage_backoff = OUTAGE_BACKOFF[0]
 
     # -- main loop -------------------------------------------------------------
     def run(self) -> int:
+        # Signals only set a flag from here on: a SIGTERM during start-up (registering, starting
+        # the template) stops the worker cleanly at its first round, its row removed.
+        with stop_signals(self.stop):
+            return self._run()
+
+    def _run(self) -> int:
         from filelock import FileLock, Timeout
 
-        lock = FileLock(lock_path(self.ctx.database_url), mode=0o600)
+        lock = FileLock(lock_path(self.ctx), mode=0o600)
         try:
             lock.acquire(timeout=0)
         except Timeout:
             print("bgrunner worker: another worker already runs for this store on this host",
                   file=sys.stderr)
             return 0 if self.idle_exit is not None else 1
-        listener = Listener(self.ctx.database_url)
+        self.ctx.store.patience = STORE_PATIENCE
+        other = self._register()
+        if other is not None:
+            lock.release()
+            if self.stop.signum is not None:
+                return 0  # stopped while waiting for the id
+            print(f"bgrunner worker: host id {self.host!r} is held by a live worker (pid {other.pid});"
+                  " give each host its own BGRUNNER_HOST_ID", file=sys.stderr)
+            return 1
+        listener = Listener(self.ctx)
         try:
             self.selector.register(listener, selectors.EVENT_READ, "wake")
             self.selector.register(self.stop.read_fd, selectors.EVENT_READ, "signal")
-            self.notifications = self.ctx.store.listen("bgrunner_jobs", "bgrunner_cancel")
-            if self.notifications is not None:
-                self.selector.register(self.notifications, selectors.EVENT_READ, "notify")
+            self._listen()
             self._start_forkserver()
-            with stop_signals(self.stop):
-                self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst,
-                              launch="fork" if self.forkserver is not None else "spawn")
-                self._heartbeat(force=True)
-                jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
-                code = self._loop()
+            self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst,
+                          launch="fork" if self.forkserver is not None else "spawn")
+            self._heartbeat(force=True)
+            jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
+            code = self._loop()
+            with contextlib.suppress(StoreError):  # left to expire when the store is down
                 self.ctx.store.remove_host(self.host)
-                self.log.emit("worker_stopped", running=len(self.children))
-                return code
+            self.log.emit("worker_stopped", running=len(self.children))
+            return code
         finally:
             if self.forkserver is not None:
                 self.forkserver.close()
-            if self.notifications is not None:
-                self.notifications.close()
+            self._drop_notifications()
             listener.close()
             lock.release()
+
+    def _register(self) -> HostRecord | None:
+        """Register this worker under its host id; the live registration holding it, if any.
+
+        A fresh row of another pid is either a live worker (on another machine: we hold
+        this machine's lock) or a predecessor killed before it could deregister. With
+        a derived id the pid is checked here. With a hand-set id it cannot be, so the
+        row is watched: a live worker heartbeats every ``host_timeout / 3`` s (refused
+        as soon as it does); a dead one's row goes stale within ``host_timeout`` and is
+        taken over, so a worker restarted after a crash (systemd) is not refused.
+        """
+        store, me = self.ctx.store, os.getpid()
+        timeout = self.ctx.config.runner.host_timeout
+        other = store.register_host(self.host, pid=me, timeout=timeout)
+        if other is None:
+            return None
+        if self._predecessor(other.pid):  # our own predecessor, killed before it could deregister
+            store.remove_host(self.host)
+            return store.register_host(self.host, pid=me, timeout=timeout)
+        if not os.environ.get("BGRUNNER_HOST_ID"):
+            return other
+        deadline = time.monotonic() + timeout + self._heartbeat_interval() + 1.0
+        while self.stop.signum is None and time.monotonic() < deadline:
+            self._pause(min(0.25, self._heartbeat_interval() / 2))
+            current = next((h for h in store.hosts() if h.host == self.host), None)
+            if current is not None and current.pid != me and (
+                    current.pid != other.pid or current.last_seen > other.last_seen):
+                return current  # it heartbeats: a live worker holds the id
+            if store.register_host(self.host, pid=me, timeout=timeout) is None:
+                return None  # its row went stale (or was removed): the id is ours
+        return other
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, waking early for a stop signal."""
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(self.stop.read_fd, selectors.EVENT_READ)
+            sel.select(seconds)
+        finally:
+            sel.close()
+
+    def _predecessor(self, pid: int) -> bool:
+        """True if a live-looking registration of our id is a dead worker of this very host.
+
+        Only an id derived from this pid space (not a hand-set ``BGRUNNER_HOST_ID``)
+        lets a pid be checked here; we hold the host's worker lock, so a live
+        worker of this host cannot exist.
+        """
+        from bgrunner.context import host_id as derived
+
+        return not os.environ.get("BGRUNNER_HOST_ID") and self.host == derived() and \
+            not procs.is_alive(pid, None)
 
     def _loop(self) -> int:
         while True:
             if self.stop.signum is not None:
                 return self._shutdown()
-            # Start what is ready first: the periodic checks below are all due after an idle
-            # spell, and running them before the claim would delay the job's start.
-            launched = self._fill_slots()
-            self._maybe_reconcile()
-            self._heartbeat()
-            self._stop_cancelled()
-            if launched == 0 and self._done():
-                return 0
-            timeout = self._sleep_time()
+            try:
+                # Start what is ready first: the periodic checks below are all due after an idle
+                # spell, and running them before the claim would delay the job's start.
+                launched = self._fill_slots()
+                self._maybe_reconcile()
+                self._heartbeat()
+                self._stop_cancelled()
+                if launched == 0 and self._done():
+                    return 0
+                timeout = self._sleep_time()
+                self._store_answered()
+            except StoreError as exc:
+                timeout = self._store_failed(exc)
             self._wait(timeout)
+            self._reap_safely()
+
+    # -- riding out store outages ------------------------------------------------------
+    def _store_failed(self, exc: StoreError) -> float:
+        """The store did not answer: log it once per outage; how long to back off."""
+        if self._store_ok_since is not None:
+            self.log.emit("store_unreachable", level="error", error=str(exc))
+            self._store_ok_since = None
+            self._outage_backoff = OUTAGE_BACKOFF[0]
+        else:
+            self._outage_backoff = min(self._outage_backoff * 2, OUTAGE_BACKOFF[1])
+        return self._outage_backoff
+
+    def _store_answered(self) -> None:
+        if self._store_ok_since is None:
+            self._store_ok_since = time.monotonic()
+            self.log.emit("store_reachable")
+            self._heartbeat(force=True)
+        if self.notifications is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        """(Re)open the store's notification channel; after a gap, the next claim catches up."""
+        notifications = self.ctx.store.listen("bgrunner_jobs", "bgrunner_cancel")
+        if notifications is None:
+            return
+        try:
+            self.selector.register(notifications, selectors.EVENT_READ, "notify")  # connects
+        except StoreError:
+            notifications.close()
+            return
+        self.notifications = notifications
+
+    def _drop_notifications(self) -> None:
+        if self.notifications is not None:
+            self.selector.unregister(self.notifications)
+            self.notifications.close()
+            self.notifications = None
+
+    def _reap_safely(self) -> None:
+        try:
             self._reap()
+        except StoreError as exc:  # deaths not recorded now are found by reconcile (pid + start time)
+            self._store_failed(exc)
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a wake-up, a signal, a notification or a child's exit; consume them."""
@@ -146,10 +266,15 @@ class Worker:
             elif key.data == "signal":
                 self.stop.drain()
             elif key.data == "notify":
-                assert self.notifications is not None
-                channels = {channel for channel, _ in self.notifications.events(0)}
-                if any(c.startswith("bgrunner_cancel") for c in channels):
-                    self._stop_cancelled(force=True)
+                if self.notifications is None:
+                    continue
+                try:
+                    channels = {channel for channel, _ in self.notifications.events(0)}
+                    if any(c.startswith("bgrunner_cancel") for c in channels):
+                        self._stop_cancelled(force=True)
+                except StoreError as exc:  # the LISTEN connection is lost: reopened once the store answers
+                    self._drop_notifications()
+                    self._store_failed(exc)
 
     def _done(self) -> bool:
         """Burst: nothing running and nothing ready. Auto-started: idle for ``idle_exit``."""
@@ -279,15 +404,23 @@ class Worker:
         return max(0.2, self.ctx.config.runner.host_timeout / 3)
 
     def _heartbeat(self, *, force: bool = False) -> None:
-        """Say this host is alive; fail the running jobs of hosts whose heartbeat expired."""
+        """Say this worker is alive; give up the jobs whose lease expired, wherever they ran.
+
+        Leases are judged only once the store has answered this worker for a whole
+        ``host_timeout``: right after an outage (or this worker's start) the job
+        processes that rode it out have not had their chance to renew yet.
+        """
         now = time.monotonic()
         if not force and now - self._last_heartbeat < self._heartbeat_interval():
             return
         self._last_heartbeat = now
-        wall = time.time()
-        self.ctx.store.heartbeat(self.host, pid=os.getpid(), now=wall)
-        for host in jobs.recover_lost_hosts(self.ctx, self.host, now=wall,
-                                            timeout=self.ctx.config.runner.host_timeout):
+        timeout = self.ctx.config.runner.host_timeout
+        self.ctx.store.heartbeat(self.host, pid=os.getpid())
+        if self._store_ok_since is None or now - self._store_ok_since < timeout:
+            return
+        for job_id in jobs.recover_expired_leases(self.ctx, self.host, timeout=timeout):
+            self.log.emit("lease_expired", job_id=str(job_id), level="warning")
+        for host in jobs.remove_stale_hosts(self.ctx, self.host, timeout=timeout):
             self.log.emit("host_lost", lost_host=host, level="warning")
 
     def _stop_cancelled(self, *, force: bool = False) -> None:
@@ -301,8 +434,8 @@ class Worker:
                 continue
             if len(self._stopped_ids) > 10_000:
                 self._stopped_ids.clear()
-            self._stopped_ids.add(job.id)
-            jobs.stop_process(self.ctx, job, wait=False)
+            if jobs.stop_process(self.ctx, job, wait=False):  # refused unless it proves to be the job's
+                self._stopped_ids.add(job.id)
 
     # -- shutdown ---------------------------------------------------------------------
     def _shutdown(self) -> int:
@@ -336,9 +469,12 @@ class Worker:
             if left <= 0:
                 return False
             self._wait(min(0.5, left))
-            self._reap()
-            self._heartbeat()
-            self._stop_cancelled()  # a job cancelled from elsewhere must not hold the shutdown
+            self._reap_safely()
+            try:
+                self._heartbeat()
+                self._stop_cancelled()  # a job cancelled from elsewhere must not hold the shutdown
+            except StoreError as exc:
+                self._store_failed(exc)
             if self.stop.signum is not None:
                 self._take_signal()
                 if stop_on_signal:

@@ -34,7 +34,7 @@ Row = tuple[Any, ...]
 COLUMNS = (
     "id, target, method, params, status, priority, attempts, max_attempts, retry_delay, timeout,"
     " run_at, created_at, started_at, finished_at, claimed_at, pid, pid_ctime, host, error,"
-    " traceback, result, progress, then_jobs, parent_id, retry_of"
+    " traceback, result, progress, then_jobs, parent_id, retry_of, unstarted, lease_at"
 )
 ATTEMPT_COLUMNS = "job_id, attempt, outcome, started_at, finished_at, pid, error, traceback"
 
@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS {p}jobs (
     progress TEXT,
     then_jobs TEXT,
     parent_id {int},
-    retry_of {int}
+    retry_of {int},
+    unstarted {int} NOT NULL DEFAULT 0,
+    lease_at {real}
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON {p}jobs (priority DESC, run_at, id)
     WHERE status IN ('pending', 'retrying') AND pid IS NULL;
@@ -110,8 +112,19 @@ CREATE TABLE IF NOT EXISTS {p}audit (
     job_id {int},
     detail TEXT,
     address TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_at ON {p}audit (at);
+CREATE TABLE IF NOT EXISTS {p}revoked_sessions (
+    session_id TEXT PRIMARY KEY,
+    until {real} NOT NULL
 )
 """
+
+#: Columns added after the first layout: (table, column, type), added to older stores on open.
+ADDED_COLUMNS = (
+    ("jobs", "unstarted", "{int} NOT NULL DEFAULT 0"),
+    ("jobs", "lease_at", "{real}"),
+)
 
 
 def decode_json(text: str | None) -> Any:
@@ -123,7 +136,7 @@ def row_to_record(row: Row) -> JobRecord:
     (
         id_, target, method, params, status, priority, attempts, max_attempts, retry_delay,
         timeout, run_at, created_at, started_at, finished_at, claimed_at, pid, pid_ctime, host,
-        error, traceback, result, progress, then_jobs, parent_id, retry_of,
+        error, traceback, result, progress, then_jobs, parent_id, retry_of, unstarted, lease_at,
     ) = row
     return JobRecord(
         id=id_, target=target, method=method, params=json.loads(params), status=JobStatus(status),
@@ -133,6 +146,7 @@ def row_to_record(row: Row) -> JobRecord:
         pid_ctime=pid_ctime, host=host, error=error, traceback=traceback,
         result=decode_json(result), progress=decode_json(progress),
         then=decode_json(then_jobs) or [], parent_id=parent_id, retry_of=retry_of,
+        unstarted=unstarted, lease_at=lease_at,
     )
 
 
@@ -155,6 +169,9 @@ class SqlStore(Store):
     real_type: ClassVar[str] = "REAL"
     #: The dialect's own statements after the shared DDL (indexes its queries rely on).
     extra_ddl: ClassVar[tuple[str, ...]] = ()
+    #: The database's clock in epoch seconds: every liveness comparison (heartbeats,
+    #: leases) uses it, so hosts whose own clocks disagree still agree on who is alive.
+    clock_sql: ClassVar[str] = "(julianday('now') - 2440587.5) * 86400.0"
 
     def __init__(self, url: str, *, prefix: str = "") -> None:
         self.url = url
@@ -198,6 +215,17 @@ class SqlStore(Store):
         shared = [s.strip() for s in ddl.split(";") if s.strip()]
         return shared + [s.format(p=self.prefix) for s in self.extra_ddl]
 
+    def _column_additions(self, existing: set[str] | None) -> builtins.list[str]:
+        """ALTERs adding `ADDED_COLUMNS` a store made by an older bgrunner lacks.
+
+        ``existing`` None: the dialect has ``ADD COLUMN IF NOT EXISTS`` (every one is listed).
+        """
+        return [f"ALTER TABLE {self.prefix}{table} ADD COLUMN"
+                f"{' IF NOT EXISTS' if existing is None else ''} {column}"
+                f" {kind.format(int=self.int_type, real=self.real_type)}"
+                for table, column, kind in ADDED_COLUMNS
+                if existing is None or column not in existing]
+
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> JobRecord | None:
         rows = self._fetch(sql, args)
         return row_to_record(rows[0]) if rows else None
@@ -228,8 +256,10 @@ class SqlStore(Store):
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         now = time.time()
-        return self._insert(job, JobStatus.RUNNING, now, wake=False, attempts=1, started_at=now,
-                            claimed_at=now, pid=pid, pid_ctime=pid_ctime, host=host)
+        job_id = self._insert(job, JobStatus.RUNNING, now, wake=False, attempts=1, started_at=now,
+                              claimed_at=now, pid=pid, pid_ctime=pid_ctime, host=host)
+        self.renew_lease(job_id, pid=pid)  # on the store's clock, like every lease
+        return job_id
 
     def get(self, job_id: int) -> JobRecord | None:
         return self._one(f"SELECT {COLUMNS} FROM {self.prefix}jobs WHERE id = ?", (job_id,))
@@ -270,17 +300,19 @@ class SqlStore(Store):
     # -- claiming (the claims themselves are the dialect's) -----------------------------
     def set_process(self, job_id: int, attempt: int, *, pid: int, pid_ctime: float) -> bool:
         return self._change(
-            f"UPDATE {self.prefix}jobs SET pid = ?, pid_ctime = ? WHERE id = ? AND attempts = ?"
-            " AND status = 'running' AND (pid IS NULL OR pid = ?)",
+            f"UPDATE {self.prefix}jobs SET pid = ?, pid_ctime = ?, lease_at = {self.clock_sql}"
+            " WHERE id = ? AND attempts = ? AND status = 'running' AND (pid IS NULL OR pid = ?)",
             (pid, pid_ctime, job_id, attempt, pid),
         ) == 1
 
     def unclaim(self, job_id: int, attempt: int) -> bool:
+        # ``attempts`` stays (it is the fence: a late process of this claim must never match a
+        # later claim); ``unstarted`` records that this claim's attempt did not count.
         return len(self._fetch(*self._waking(
             f"UPDATE {self.prefix}jobs SET"
-            " status = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END,"
-            " attempts = attempts - 1, pid = NULL, pid_ctime = NULL, claimed_at = NULL,"
-            " started_at = CASE WHEN attempts > 1 THEN started_at ELSE NULL END"
+            " status = CASE WHEN attempts - unstarted > 1 THEN 'retrying' ELSE 'pending' END,"
+            " unstarted = unstarted + 1, pid = NULL, pid_ctime = NULL, claimed_at = NULL,"
+            " started_at = CASE WHEN attempts - unstarted > 1 THEN started_at ELSE NULL END"
             " WHERE id = ? AND attempts = ? AND status = 'running' AND pid IS NULL RETURNING id",
             (job_id, attempt),
         ))) == 1
@@ -296,7 +328,8 @@ class SqlStore(Store):
     # -- attempt lifecycle (fenced: attempts = ? and the expected status) ------------------
     def begin_attempt(self, job_id: int, attempt: int, *, now: float) -> bool:
         return self._change(
-            f"UPDATE {self.prefix}jobs SET status = 'running', attempts = attempts + 1, claimed_at = ?"
+            f"UPDATE {self.prefix}jobs SET status = 'running', attempts = attempts + 1, claimed_at = ?,"
+            f" lease_at = {self.clock_sql}"
             " WHERE id = ? AND attempts = ? AND status = 'retrying' AND pid IS NOT NULL",
             (now, job_id, attempt),
         ) == 1
@@ -379,16 +412,49 @@ class SqlStore(Store):
                            (now, actor, action, job_id, detail, address))
         return int(rows[0][0])
 
+    def prune_audit(self, *, before: float) -> int:
+        return self._change(f"DELETE FROM {self.prefix}audit WHERE at < ?", (before,))
+
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
         where, args = ("", ()) if before_id is None else ("WHERE id < ? ", (before_id,))
         rows = self._fetch(f"SELECT id, at, actor, action, job_id, detail, address FROM {self.prefix}audit"
                            f" {where}ORDER BY id DESC LIMIT ?", (*args, limit))
         return [AuditEntry(*r) for r in rows]
 
-    # -- hosts -------------------------------------------------------------------------
-    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+    # -- the store's clock, leases and hosts -------------------------------------------
+    def clock(self) -> float:
+        return float(self._fetch(f"SELECT {self.clock_sql}")[0][0])
+
+    def renew_lease(self, job_id: int, *, pid: int, now: float | None = None) -> bool:
+        return self._change(
+            f"UPDATE {self.prefix}jobs SET lease_at = COALESCE(?, {self.clock_sql})"
+            f" WHERE id = ? AND pid = ? AND {ACTIVE_WHERE}", (now, job_id, pid)) == 1
+
+    def expired_leases(self, *, timeout: float, now: float | None = None) -> builtins.list[JobRecord]:
+        # A claim not yet launched holds a lease too (set at claim): its claimer may have died.
+        return self._records(
+            f"SELECT {COLUMNS} FROM {self.prefix}jobs WHERE"
+            f" ({ACTIVE_WHERE} OR (status = 'running' AND pid IS NULL))"
+            f" AND COALESCE(lease_at, claimed_at, 0) < COALESCE(?, {self.clock_sql}) - ?",
+            (now, timeout))
+
+    def register_host(self, host: str, *, pid: int, timeout: float,
+                      now: float | None = None) -> HostRecord | None:
+        with self._tx():
+            rows = self._fetch(
+                f"SELECT host, pid, started_at, last_seen FROM {self.prefix}hosts WHERE host = ?"
+                f" AND pid <> ? AND last_seen >= COALESCE(?, {self.clock_sql}) - ?{self.lock_row}",
+                (host, pid, now, timeout))
+            if rows:
+                return HostRecord(*rows[0])
+            self._change(f"DELETE FROM {self.prefix}hosts WHERE host = ?", (host,))
+            self.heartbeat(host, pid=pid, now=now)
+        return None
+
+    def heartbeat(self, host: str, *, pid: int, now: float | None = None) -> None:
         self._change(
-            f"INSERT INTO {self.prefix}hosts AS h (host, pid, started_at, last_seen) VALUES (?, ?, ?, ?)"
+            f"INSERT INTO {self.prefix}hosts AS h (host, pid, started_at, last_seen)"
+            f" VALUES (?, ?, COALESCE(?, {self.clock_sql}), COALESCE(?, {self.clock_sql}))"
             " ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, pid = excluded.pid,"
             " started_at = CASE WHEN h.pid = excluded.pid THEN h.started_at ELSE excluded.started_at END",
             (host, pid, now, now))
@@ -400,6 +466,19 @@ class SqlStore(Store):
         rows = self._fetch(f"SELECT host, pid, started_at, last_seen FROM {self.prefix}hosts"
                            " ORDER BY last_seen DESC")
         return [HostRecord(*r) for r in rows]
+
+    # -- dashboard sessions ----------------------------------------------------------
+    def revoke_session(self, session_id: str, *, until: float) -> None:
+        with self._tx():
+            self._change(f"DELETE FROM {self.prefix}revoked_sessions WHERE until < ?", (time.time(),))
+            self._change(
+                f"INSERT INTO {self.prefix}revoked_sessions (session_id, until) VALUES (?, ?)"
+                " ON CONFLICT (session_id) DO UPDATE SET until = excluded.until", (session_id, until))
+
+    def session_revoked(self, session_id: str, *, now: float) -> bool:
+        return bool(self._fetch(
+            f"SELECT 1 FROM {self.prefix}revoked_sessions WHERE session_id = ? AND until >= ?",
+            (session_id, now)))
 
     def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
         return self._records(

@@ -10,6 +10,7 @@ attempt. Callers (runner, worker, CLI, dashboard) never see SQL.
 from __future__ import annotations
 
 import builtins
+import re
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
@@ -28,6 +29,18 @@ class Notifications(Protocol):
     def close(self) -> None: ...
 
 
+def redact_url(url: str) -> str:
+    """The store URL with any password replaced by ``***``: what messages and logs may show."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    auth, at, host = rest.rpartition("@")
+    if at and ":" in auth.split("/")[-1]:
+        user = auth.split(":", 1)[0]
+        url = f"{scheme}://{user}:***@{host}"
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
+
+
 class Store(ABC):
     """What a job store must do. Every mutating method is one atomic compare-and-set.
 
@@ -38,6 +51,10 @@ class Store(ABC):
     """
 
     url: str
+    #: How long (s) one call waits out an unreachable database (reconnecting with backoff)
+    #: before it raises StoreError. Long for a job process, so its final write lands
+    #: after a restart or failover; the worker sets its own, shorter.
+    patience: float = 120.0
 
     # -- submit and read ---------------------------------------------------
     @abstractmethod
@@ -173,18 +190,54 @@ class Store(ABC):
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
         """Audit entries, newest first, keyset-paginated by ``before_id``."""
 
+    @abstractmethod
+    def prune_audit(self, *, before: float) -> int:
+        """Delete audit entries older than ``before`` (retention); the number deleted."""
+
+    # -- the store's clock and leases ---------------------------------------------
+    # Liveness is judged on the store's clock, never a host's own: ``now=None`` means
+    # "the database's time now" (tests pass a time to simulate an old lease or heartbeat).
+    @abstractmethod
+    def clock(self) -> float:
+        """The store's current time (epoch seconds): what leases and heartbeats are compared with."""
+
+    @abstractmethod
+    def renew_lease(self, job_id: int, *, pid: int, now: float | None = None) -> bool:
+        """Process ``pid`` still works on the job: renew its lease. False: the job is no longer its."""
+
+    @abstractmethod
+    def expired_leases(self, *, timeout: float, now: float | None = None) -> builtins.list[JobRecord]:
+        """Owned or claimed jobs whose lease is older than ``timeout`` seconds."""
+
     # -- hosts (several workers on one store) ------------------------------------
     @abstractmethod
-    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+    def register_host(self, host: str, *, pid: int, timeout: float,
+                      now: float | None = None) -> HostRecord | None:
+        """Register this worker under ``host``; the other live registration if one holds the id.
+
+        Live: another pid seen within ``timeout``. A stale row is taken over.
+        """
+
+    @abstractmethod
+    def heartbeat(self, host: str, *, pid: int, now: float | None = None) -> None:
         """Say this host's worker is alive (insert or update its row)."""
 
     @abstractmethod
     def remove_host(self, host: str) -> None:
-        """A worker that stops cleanly removes its row: its jobs are not "lost"."""
+        """A worker that stops cleanly removes its row."""
 
     @abstractmethod
     def hosts(self) -> builtins.list[HostRecord]:
-        """Hosts with a worker row, most recently seen first."""
+        """Hosts with a worker row, most recently seen first (``last_seen`` on the store's clock)."""
+
+    # -- dashboard sessions ------------------------------------------------------
+    @abstractmethod
+    def revoke_session(self, session_id: str, *, until: float) -> None:
+        """Remember a logged-out session until it would have expired (survives restarts)."""
+
+    @abstractmethod
+    def session_revoked(self, session_id: str, *, now: float) -> bool:
+        """True if the session was revoked and its revocation has not expired."""
 
     @abstractmethod
     def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
@@ -200,8 +253,8 @@ class Store(ABC):
         """Cancel a pending/retrying/running job; the record as it was before, or None."""
 
     @abstractmethod
-    def prune(self, *, finished_before: float) -> int:
-        """Delete final jobs finished before the given time; the number deleted."""
+    def prune(self, *, finished_before: float) -> builtins.list[int]:
+        """Delete final jobs finished before the given time (and their history); their ids."""
 
     @abstractmethod
     def close(self) -> None:

@@ -71,6 +71,8 @@ class _Row:
     then_jobs: str | None = None
     parent_id: int | None = None
     retry_of: int | None = None
+    unstarted: int = 0
+    lease_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -92,6 +94,7 @@ class _Row:
             pid_ctime=self.pid_ctime, host=self.host, error=self.error, traceback=self.traceback,
             result=_decode(self.result), progress=_decode(self.progress),
             then=_decode(self.then_jobs) or [], parent_id=self.parent_id, retry_of=self.retry_of,
+            unstarted=self.unstarted, lease_at=self.lease_at,
         )
 
 
@@ -104,6 +107,7 @@ class _Tables:
     attempts: dict[int, dict[int, AttemptRecord]] = field(default_factory=dict)
     hosts: dict[str, HostRecord] = field(default_factory=dict)
     audit: builtins.list[AuditEntry] = field(default_factory=builtins.list)
+    revoked: dict[str, float] = field(default_factory=dict)
     job_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     audit_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -191,7 +195,7 @@ class MemoryStore(Store):
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         now = time.time()
         return self._insert(job, JobStatus.RUNNING, attempts=1, started_at=now, claimed_at=now,
-                            pid=pid, pid_ctime=_float(pid_ctime), host=host)
+                            pid=pid, pid_ctime=_float(pid_ctime), host=host, lease_at=now)
 
     def get(self, job_id: int) -> JobRecord | None:
         with self._t.lock:
@@ -240,6 +244,7 @@ class MemoryStore(Store):
             row.status, row.attempts, row.claimed_at = JobStatus.RUNNING, row.attempts + 1, float(now)
             row.started_at = float(now) if row.started_at is None else row.started_at
             row.host, row.pid, row.pid_ctime = host, None, None
+            row.lease_at = self.clock()
             return row.record()
 
     def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
@@ -259,16 +264,16 @@ class MemoryStore(Store):
             row = self._fenced(job_id, attempt)
             if row is None or row.pid not in (None, pid):
                 return False
-            row.pid, row.pid_ctime = pid, _float(pid_ctime)
+            row.pid, row.pid_ctime, row.lease_at = pid, _float(pid_ctime), self.clock()
             return True
 
     def unclaim(self, job_id: int, attempt: int) -> bool:
         with self._t.lock:
             if (row := self._fenced(job_id, attempt)) is None or row.pid is not None:
                 return False
-            later = row.attempts > 1
+            later = row.attempts - row.unstarted > 1
             row.status = JobStatus.RETRYING if later else JobStatus.PENDING
-            row.attempts -= 1
+            row.unstarted += 1  # attempts stays: it is the fence
             row.pid = row.pid_ctime = row.claimed_at = None
             row.started_at = row.started_at if later else None
             return True
@@ -286,6 +291,7 @@ class MemoryStore(Store):
             if (row := self._fenced(job_id, attempt, JobStatus.RETRYING)) is None:
                 return False
             row.status, row.attempts, row.claimed_at = JobStatus.RUNNING, row.attempts + 1, float(now)
+            row.lease_at = self.clock()
             return True
 
     def release(self, job_id: int, attempt: int) -> bool:
@@ -353,17 +359,51 @@ class MemoryStore(Store):
                                             job_id=job_id, detail=detail, address=address))
             return entry_id
 
+    def prune_audit(self, *, before: float) -> int:
+        with self._t.lock:
+            kept = [e for e in self._t.audit if e.at >= before]
+            gone = len(self._t.audit) - len(kept)
+            self._t.audit[:] = kept
+            return gone
+
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEntry]:
         with self._t.lock:
             entries = (e for e in reversed(self._t.audit) if before_id is None or e.id < before_id)
             return _limited(entries, limit)
 
-    # -- hosts -----------------------------------------------------------------------
-    def heartbeat(self, host: str, *, pid: int, now: float) -> None:
+    # -- the clock, leases and hosts ------------------------------------------------
+    def clock(self) -> float:
+        return time.time()  # one process: its clock is the store's
+
+    def renew_lease(self, job_id: int, *, pid: int, now: float | None = None) -> bool:
         with self._t.lock:
+            row = self._t.jobs.get(job_id)
+            if row is None or row.pid != pid or not row.active:
+                return False
+            row.lease_at = self.clock() if now is None else float(now)
+            return True
+
+    def expired_leases(self, *, timeout: float, now: float | None = None) -> builtins.list[JobRecord]:
+        limit = (self.clock() if now is None else now) - timeout
+        return self._select(lambda row: (row.active or (row.status == JobStatus.RUNNING and row.pid is None))
+                            and (row.lease_at or row.claimed_at or 0.0) < limit)
+
+    def register_host(self, host: str, *, pid: int, timeout: float,
+                      now: float | None = None) -> HostRecord | None:
+        with self._t.lock:
+            at = self.clock() if now is None else float(now)
             seen = self._t.hosts.get(host)
-            started = seen.started_at if seen is not None and seen.pid == pid else float(now)
-            self._t.hosts[host] = HostRecord(host=host, pid=pid, started_at=started, last_seen=float(now))
+            if seen is not None and seen.pid != pid and seen.last_seen >= at - timeout:
+                return seen
+            self._t.hosts[host] = HostRecord(host=host, pid=pid, started_at=at, last_seen=at)
+            return None
+
+    def heartbeat(self, host: str, *, pid: int, now: float | None = None) -> None:
+        with self._t.lock:
+            at = self.clock() if now is None else float(now)
+            seen = self._t.hosts.get(host)
+            started = seen.started_at if seen is not None and seen.pid == pid else at
+            self._t.hosts[host] = HostRecord(host=host, pid=pid, started_at=started, last_seen=at)
 
     def remove_host(self, host: str) -> None:
         with self._t.lock:
@@ -372,6 +412,18 @@ class MemoryStore(Store):
     def hosts(self) -> builtins.list[HostRecord]:
         with self._t.lock:
             return sorted(self._t.hosts.values(), key=lambda h: h.last_seen, reverse=True)
+
+    # -- dashboard sessions ------------------------------------------------------------
+    def revoke_session(self, session_id: str, *, until: float) -> None:
+        with self._t.lock:
+            now = time.time()
+            for sid in [s for s, end in self._t.revoked.items() if end < now]:
+                del self._t.revoked[sid]
+            self._t.revoked[session_id] = float(until)
+
+    def session_revoked(self, session_id: str, *, now: float) -> bool:
+        with self._t.lock:
+            return self._t.revoked.get(session_id, -1.0) >= now
 
     def cancelled_on(self, host: str, *, since: float) -> builtins.list[JobRecord]:
         return self._select(lambda row: row.status == JobStatus.CANCELLED and row.host == host
@@ -390,7 +442,7 @@ class MemoryStore(Store):
             row.status, row.finished_at, row.error = JobStatus.CANCELLED, float(now), "cancelled"
             return before
 
-    def prune(self, *, finished_before: float) -> int:
+    def prune(self, *, finished_before: float) -> builtins.list[int]:
         with self._t.lock:
             gone = [row.id for row in self._t.jobs.values()
                     if row.status in FINAL_STATUSES and row.finished_at is not None
@@ -398,4 +450,4 @@ class MemoryStore(Store):
             for job_id in gone:
                 del self._t.jobs[job_id]
                 self._t.attempts.pop(job_id, None)
-            return len(gone)
+            return gone

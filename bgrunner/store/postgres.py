@@ -12,6 +12,9 @@ build on `bgrunner.store._sql`). What PostgreSQL adds:
   have become claimable: a submit, a release, an unclaim, a freed slot; payload
   the job id) and ``bgrunner_cancel`` (payload the cancelled job's id).
   Notifications are hints sent at commit: a listener re-reads the store.
+- Outages are ridden out: a method that loses its connection (a restart, a
+  failover, a terminated backend) reconnects with backoff and runs again, for
+  up to ``store.patience`` seconds (`_riding_out`).
 - Every table lives in one schema, ``?schema=NAME`` in the URL (default
   ``bgrunner``), created and versioned on first use under an advisory lock.
 
@@ -21,11 +24,14 @@ psycopg is imported here only, so the job path never pays for it.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import os
+import random
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote
@@ -45,8 +51,9 @@ from bgrunner.store._sql import (
     SqlStore,
     row_to_record,
 )
+from bgrunner.store.base import Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_SCHEMA = "bgrunner"
 #: Logical channel woken when a job may have become claimable.
 JOBS_CHANNEL = "bgrunner_jobs"
@@ -144,6 +151,7 @@ class PostgresStore(SqlStore):
     id_type = "BIGSERIAL PRIMARY KEY"
     int_type = "BIGINT"  # SQLite's INTEGER is 64-bit
     real_type = "DOUBLE PRECISION"
+    clock_sql = "extract(epoch from clock_timestamp())::float8"
     # jobs_active serves the cap count inside every claim.
     extra_ddl = (
         "CREATE INDEX IF NOT EXISTS jobs_active ON {p}jobs (id)"
@@ -161,6 +169,7 @@ class PostgresStore(SqlStore):
         self._conn: psycopg.Connection[Any] | None = None
         self._owner_pid = -1
         self._lock = threading.RLock()
+        self._connected_once = False
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where}, schema={self.schema})"
@@ -180,6 +189,7 @@ class PostgresStore(SqlStore):
                 conn.close()
                 raise
             self._conn = conn
+            self._connected_once = True
         return self._conn
 
     @contextmanager
@@ -247,7 +257,7 @@ class PostgresStore(SqlStore):
                 version = self._read_version(conn)
                 self._check_version(version)
                 if version != SCHEMA_VERSION:
-                    for statement in self._schema_statements():
+                    for statement in (*self._schema_statements(), *self._column_additions(None)):
                         conn.execute(statement)
                     conn.execute(
                         f"INSERT INTO {self.meta} (key, value) VALUES ('schema_version', %s)"
@@ -304,7 +314,7 @@ class PostgresStore(SqlStore):
                 "SELECT pg_advisory_xact_lock(%s);"
                 f" UPDATE {jobs} SET status = 'running', attempts = attempts + 1,"
                 " claimed_at = %s, started_at = COALESCE(started_at, %s), host = %s,"
-                " pid = NULL, pid_ctime = NULL"
+                f" pid = NULL, pid_ctime = NULL, lease_at = {self.clock_sql}"
                 f" WHERE id = (SELECT id FROM {jobs} WHERE {pick_where}"
                 f" AND (SELECT count(*) FROM {jobs} WHERE {ACTIVE_WHERE}) < %s"
                 " ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
@@ -323,15 +333,73 @@ class PostgresStore(SqlStore):
                                  (job_id, now), now, cap, host)
 
     # -- housekeeping ----------------------------------------------------------------
-    def prune(self, *, finished_before: float) -> int:
+    def prune(self, *, finished_before: float) -> builtins.list[int]:
         rows = self._fetch(
             f"WITH gone AS (DELETE FROM {self.prefix}jobs WHERE finished_at < ?"
             f" AND status IN {FINAL_IN} RETURNING id),"
             f" history AS (DELETE FROM {self.prefix}attempts WHERE job_id IN (SELECT id FROM gone))"
-            " SELECT count(*) FROM gone",
+            " SELECT id FROM gone ORDER BY id",
             (finished_before,),
         )
-        return int(rows[0][0]) if rows else 0
+        return [int(r[0]) for r in rows]
+
+
+def _is_connection_loss(exc: BaseException) -> bool:
+    """A StoreError caused by the server going away (restart, failover, a terminated backend)."""
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.OperationalError)
+
+
+def _riding_out(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a store method: on a lost connection, reconnect with backoff and call it again.
+
+    Each method is one statement or one transaction, so a call that failed on a
+    lost connection did not commit and is safe to repeat (a reply lost after its
+    commit is the one window left: a fenced write then reports False). Gives up
+    after ``store.patience`` seconds. A store that never connected fails at once:
+    a wrong URL is not an outage.
+    """
+    @functools.wraps(method)
+    def call(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_calls, "depth", 0):
+            return method(self, *args, **kwargs)  # inside another store call: it retries the whole
+        deadline = None
+        delay = OUTAGE_FIRST_DELAY
+        while True:
+            _calls.depth = 1
+            try:
+                return method(self, *args, **kwargs)
+            except StoreError as exc:
+                if not (self._connected_once and _is_connection_loss(exc)):
+                    raise
+                self._conn = None
+                now = time.monotonic()
+                deadline = deadline or now + self.patience
+                if now >= deadline:
+                    raise StoreError(f"{exc} (still unreachable after {self.patience:.0f} s)") from exc
+                time.sleep(min(delay, max(0.0, deadline - now)) * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, OUTAGE_MAX_DELAY)
+            finally:
+                _calls.depth = 0
+
+    return call
+
+
+_calls = threading.local()
+#: Backoff between reconnects while the server is away: doubled from the first to the maximum.
+OUTAGE_FIRST_DELAY = 0.1
+OUTAGE_MAX_DELAY = 2.0
+
+
+def _ride_out_outages(cls: type[PostgresStore]) -> type[PostgresStore]:
+    """Apply `_riding_out` to every public method of the store interface."""
+    for name in (*dir(Store), "notify"):
+        if not name.startswith("_") and name != "listen" and callable(getattr(cls, name)):
+            setattr(cls, name, _riding_out(getattr(cls, name)))
+    return cls
+
+
+_ride_out_outages(PostgresStore)
 
 
 class Listener:

@@ -14,24 +14,51 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from bgrunner.errors import StoreError
 from bgrunner.model import JobRecord, JobStatus, NewJob
 from bgrunner.store._sql import ACTIVE_WHERE, COLUMNS, FINAL_IN, META_DDL, READY_WHERE, Row, SqlStore
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+
+#: How long (s) a statement waits for another process's lock before it fails (``?timeout=``).
+DEFAULT_BUSY_TIMEOUT = 30.0
 
 
 def path_from_url(url: str) -> str:
-    """``sqlite:///rel.db`` is relative to the current directory, ``sqlite:////abs.db`` absolute."""
+    """``sqlite:///rel.db`` is relative to the current directory, ``sqlite:////abs.db`` absolute.
+
+    A query (``?timeout=S``, as SQLAlchemy's pysqlite takes it) is not part of the path.
+    """
     if not url.startswith("sqlite:///"):
         raise StoreError(f"not an SQLite URL: {url!r} (expected sqlite:///path.db)")
-    path = url[len("sqlite:///"):]
+    path = url[len("sqlite:///"):].partition("?")[0]
     if not path:
         raise StoreError(f"SQLite URL has no path: {url!r}")
     return path
+
+
+def busy_timeout_from_url(url: str) -> float:
+    """``?timeout=S``: seconds a statement waits for a lock held by another process (default 30)."""
+    from urllib.parse import parse_qsl
+
+    query = dict(parse_qsl(url.partition("?")[2]))
+    if "timeout" not in query:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        value = float(query["timeout"])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise StoreError(f"SQLite URL: timeout must be 0 to 86400 seconds, not {query['timeout']!r}")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _use_wal(conn: sqlite3.Connection, patience: float = 30.0) -> None:
@@ -64,6 +91,7 @@ class SQLiteStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.path = os.path.abspath(path_from_url(url))
+        self.busy_timeout = busy_timeout_from_url(url)
         self._conn: sqlite3.Connection | None = None
         self._owner_pid = -1
 
@@ -83,16 +111,29 @@ class SQLiteStore(SqlStore):
             if not os.path.exists(self.path):
                 # Create the file with private permissions; SQLite gives -wal/-shm the same.
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            _use_wal(conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            _use_wal(conn, max(self.busy_timeout, 0.1))
             # NORMAL in WAL mode survives a process crash; submits switch to FULL (see create).
             conn.execute("PRAGMA synchronous = NORMAL")
             self._ensure_schema(conn)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open job store {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open job store {self.path}: {self._why(exc)}") from exc
         return conn
+
+    def _why(self, exc: BaseException) -> str:
+        """A database error in one line, saying what a lock or a full disk means here."""
+        text = _one_line(exc)
+        if "locked" in text or "busy" in text:
+            return (f"{text}: another process held a lock for more than {self.busy_timeout:g} s"
+                    " (sqlite URL ?timeout=S waits longer)")
+        if "full" in text:
+            return f"{text}: free space on the disk of {self.path}; nothing was written"
+        return text
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"job store {self.path}: {self._why(exc)}")
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -108,6 +149,9 @@ class SQLiteStore(SqlStore):
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 for statement in (META_DDL.format(p=""), *self._schema_statements()):
                     conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+                for statement in self._column_additions(columns):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -117,19 +161,38 @@ class SQLiteStore(SqlStore):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed statement (a full disk) may have rolled it back
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise self._error(exc) from exc
 
+    # Database errors leave the store as one-line StoreErrors (a locked or full database
+    # included), never as the driver's exceptions: callers print them, workers back off.
     def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> builtins.list[Row]:
-        return self.conn.execute(sql, args).fetchall()
+        try:
+            return self.conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def _change(self, sql: str, args: tuple[Any, ...] = ()) -> int:
-        return self.conn.execute(sql, args).rowcount
+        try:
+            return self.conn.execute(sql, args).rowcount
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def _indexed_by(self, index: str) -> str:
         # With many pending jobs the planner prefers jobs_status and sorts every ready
@@ -144,12 +207,11 @@ class SQLiteStore(SqlStore):
     # -- submit --------------------------------------------------------------------
     def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
         """Insert with ``synchronous = FULL``: the id is returned only once the row is on disk."""
-        conn = self.conn
-        conn.execute("PRAGMA synchronous = FULL")
+        self._change("PRAGMA synchronous = FULL")
         try:
             return super().create(job, status=status)
         finally:
-            conn.execute("PRAGMA synchronous = NORMAL")
+            self._change("PRAGMA synchronous = NORMAL")
 
     # -- claiming ----------------------------------------------------------------
     def _claim_where(self, pick_sql: str, pick_args: tuple[Any, ...],
@@ -159,7 +221,8 @@ class SQLiteStore(SqlStore):
                 return None
             return self._one(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_at = ?,"
-                " started_at = COALESCE(started_at, ?), host = ?, pid = NULL, pid_ctime = NULL"
+                " started_at = COALESCE(started_at, ?), host = ?, pid = NULL, pid_ctime = NULL,"
+                f" lease_at = {self.clock_sql}"
                 f" WHERE id = ({pick_sql}) RETURNING {COLUMNS}",
                 (now, now, host, *pick_args),
             )
@@ -174,10 +237,11 @@ class SQLiteStore(SqlStore):
         return self._claim_where(pick, (job_id, now), now, cap, host)
 
     # -- housekeeping ----------------------------------------------------------------
-    def prune(self, *, finished_before: float) -> int:
+    def prune(self, *, finished_before: float) -> builtins.list[int]:
         with self._tx():
             self._change(
                 "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE finished_at < ?"
                 f" AND status IN {FINAL_IN})", (finished_before,))
-            return self._change(f"DELETE FROM jobs WHERE finished_at < ? AND status IN {FINAL_IN}",
-                                (finished_before,))
+            rows = self._fetch(f"DELETE FROM jobs WHERE finished_at < ? AND status IN {FINAL_IN}"
+                               " RETURNING id", (finished_before,))
+            return sorted(int(r[0]) for r in rows)

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bgrunner.context import host_id
 from tests.conftest import ROOT, Project, gone, wait_until
 
 
@@ -247,7 +248,7 @@ def test_dead_job_is_noticed_without_any_worker(project: Project, tmp_path: Path
     project.extra_env["BGRUNNER_AUTOSTART"] = "0"
     job_id = submit(project, "tests.fixtures:Probe", "noop")
     store = project.store()
-    job = store.claim(job_id, now=time.time(), cap=10, host=os.uname().nodename)
+    job = store.claim(job_id, now=time.time(), cap=10, host=host_id())
     # The victim only has to exist until killed below: its sleep is not a wait on anything.
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     from bgrunner import procs
@@ -283,7 +284,7 @@ def test_pid_reuse_is_never_signalled(project: Project) -> None:
         assert innocent.stdout is not None and innocent.stdin is not None
         assert innocent.stdout.readline() == "ready\n"
         store = project.store()
-        job = store.claim(job_id, now=time.time(), cap=10, host=os.uname().nodename)
+        job = store.claim(job_id, now=time.time(), cap=10, host=host_id())
         from bgrunner import procs
 
         store.set_process(job_id, job.attempts, pid=innocent.pid,

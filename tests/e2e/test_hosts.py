@@ -141,7 +141,7 @@ def test_dead_host_jobs_are_recovered_and_late_writes_fenced(project: Project,
         store = project.store()
         for old in running:
             [first] = [a for a in store.attempts(old.id) if a.attempt == 1]
-            assert first.outcome == "crashed" and "host lost" in first.error
+            assert first.outcome == "crashed" and "lease expired" in first.error
             # The "dead" host comes back and writes for its old attempt: rejected.
             assert not store.finish(old.id, old.attempts, status="completed", now=time.time())
             assert not store.set_progress(old.id, old.attempts, {"done": 1})

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bgrunner.errors import StoreError
-from bgrunner.model import STATUSES, NewJob
+from bgrunner.model import STATUSES, JobStatus, NewJob
 from bgrunner.store.base import Store
 from bgrunner.store.factory import open_store
 from bgrunner.store.memory import drop_memory_store
@@ -235,10 +235,26 @@ def test_unclaim_gives_back_a_first_attempt(store: Store) -> None:
     assert store.unclaim(job_id, 1)
     record = store.get(job_id)
     assert record is not None
-    assert (record.status, record.attempts, record.pid, record.claimed_at, record.started_at) == (
+    assert (record.status, record.tries, record.pid, record.claimed_at, record.started_at) == (
         "pending", 0, None, None, None)
+    assert record.to_dict()["attempts"] == 0
     assert not store.unclaim(job_id, 1)  # no longer running
-    assert claimed(store).attempts == 1
+    again = claimed(store)
+    assert (again.attempts, again.tries) == (2, 1)
+
+
+def test_a_reclaim_after_unclaim_never_reuses_the_fence(store: Store) -> None:
+    """A late process of a given-back claim (attempt 1) cannot write over the next claim's attempt."""
+    job_id = store.create(job())
+    claimed(store)
+    assert store.unclaim(job_id, 1)
+    second = claimed(store)
+    assert second.attempts == 2
+    assert not store.set_process(job_id, 1, pid=4242, pid_ctime=1.0)
+    assert not store.finish(job_id, 1, status=JobStatus.COMPLETED, now=time.time(), result="1")
+    assert store.set_process(job_id, 2, pid=4243, pid_ctime=1.0)
+    record = store.get(job_id)
+    assert record is not None and (record.status, record.pid) == ("running", 4243)
 
 
 def test_unclaim_leaves_a_claim_whose_process_recorded_itself(store: Store) -> None:
@@ -262,9 +278,10 @@ def test_unclaim_of_a_later_attempt_returns_to_retrying(store: Store) -> None:
     assert store.unclaim(job_id, 2)
     record = store.get(job_id)
     assert record is not None
-    assert (record.status, record.attempts, record.pid) == ("retrying", 1, None)
+    assert (record.status, record.tries, record.pid) == ("retrying", 1, None)
     assert record.started_at == first.started_at == 1000.0
-    assert claimed(store, now=1003.0).attempts == 2
+    third = claimed(store, now=1003.0)
+    assert (third.attempts, third.tries) == (3, 2)
 
 
 def test_retry_later_release_hands_the_job_back(store: Store) -> None:
@@ -459,11 +476,11 @@ def test_prune_deletes_old_final_jobs_only(store: Store) -> None:
     pending = store.create(job())
     running = store.create(job())
     store.claim(running, now=time.time(), cap=100, host=HOST)
-    assert store.prune(finished_before=2000.0) == 2
+    assert len(store.prune(finished_before=2000.0)) == 2
     assert store.get(old) is None and store.get(cancelled_old) is None
     assert store.attempts(old) == []
     assert {r.id for r in store.list()} == {recent, pending, running}
-    assert store.prune(finished_before=2000.0) == 0
+    assert store.prune(finished_before=2000.0) == []
 
 
 def test_next_run_at_is_the_earliest_waiting_job(store: Store) -> None:
@@ -566,6 +583,65 @@ def test_heartbeat_keeps_started_at_while_the_pid_is_the_same(store: Store) -> N
     store.remove_host("h2")
     store.remove_host("never-seen")
     assert [h.host for h in store.hosts()] == ["h1"]
+
+
+def test_the_store_clock_is_the_databases(store: Store) -> None:
+    """clock() is epoch seconds from the database (close to this machine's, which shares it here)."""
+    assert abs(store.clock() - time.time()) < 5
+
+
+def test_heartbeat_without_a_time_uses_the_store_clock(store: Store) -> None:
+    before = store.clock()
+    store.heartbeat("h1", pid=10)
+    (row,) = store.hosts()
+    assert before - 0.01 <= row.last_seen <= store.clock() + 0.01
+
+
+def test_register_host_refuses_a_second_live_registration_of_one_id(store: Store) -> None:
+    """A live row under the id (another pid, seen within the timeout) is returned; a stale one is taken over."""
+    now = store.clock()
+    assert store.register_host("h", pid=10, timeout=30, now=now) is None
+    other = store.register_host("h", pid=11, timeout=30, now=now + 5)
+    assert other is not None and other.pid == 10
+    assert store.register_host("h", pid=10, timeout=30, now=now + 6) is None  # itself again
+    assert store.register_host("h", pid=11, timeout=30, now=now + 40) is None  # 10 went silent
+    assert [(h.host, h.pid) for h in store.hosts()] == [("h", 11)]
+
+
+def test_leases_expire_on_the_store_clock(store: Store) -> None:
+    """claim and set_process start a lease; renew_lease (fenced on the pid) keeps it; expired_leases lists the rest."""
+    fresh, stale, unlaunched, done = (store.create(job()) for _ in range(4))
+    for job_id in (fresh, stale, unlaunched, done):
+        assert store.claim(job_id, now=time.time(), cap=100, host=HOST) is not None
+    assert store.set_process(fresh, 1, pid=101, pid_ctime=1.0)
+    assert store.set_process(stale, 1, pid=102, pid_ctime=1.0)
+    assert store.set_process(done, 1, pid=104, pid_ctime=1.0)
+    assert store.finish(done, 1, status=JobStatus.COMPLETED, now=time.time(), result="1")
+    now = store.clock()
+    assert store.renew_lease(stale, pid=102, now=now - 100)
+    assert not store.renew_lease(stale, pid=999, now=now)  # another process: not its job
+    assert not store.renew_lease(done, pid=104)  # finished: nothing to renew
+    record = store.get(fresh)
+    assert record is not None and record.lease_at is not None and abs(record.lease_at - now) < 5
+    assert [j.id for j in store.expired_leases(timeout=30)] == [stale]
+    assert sorted(j.id for j in store.expired_leases(timeout=30, now=now + 60)) == [fresh, stale, unlaunched]
+
+
+def test_revoked_sessions_persist_until_they_expire(store: Store) -> None:
+    now = time.time()
+    store.revoke_session("s1", until=now + 60)
+    store.revoke_session("s0", until=now - 1)
+    assert store.session_revoked("s1", now=now)
+    assert not store.session_revoked("s1", now=now + 61)
+    assert not store.session_revoked("s0", now=now)
+    assert not store.session_revoked("never", now=now)
+
+
+def test_prune_audit_deletes_entries_older_than_the_cutoff(store: Store) -> None:
+    for at in (100.0, 200.0, 300.0):
+        store.add_audit(actor="a", action="cancel", job_id=None, detail=None, address=None, now=at)
+    assert store.prune_audit(before=250.0) == 2
+    assert [e.at for e in store.audit()] == [300.0]
 
 
 def test_cancelled_on_lists_this_hosts_cancelled_jobs_that_had_a_process(store: Store) -> None:

@@ -30,7 +30,7 @@ JOBS_COLUMNS = {
     "timeout": "real", "run_at": "real", "created_at": "real", "started_at": "real",
     "finished_at": "real", "claimed_at": "real", "pid": "int", "pid_ctime": "real", "host": "text",
     "error": "text", "traceback": "text", "result": "text", "progress": "text", "then_jobs": "text",
-    "parent_id": "int", "retry_of": "int",
+    "parent_id": "int", "retry_of": "int", "unstarted": "int", "lease_at": "real",
 }
 
 
@@ -110,17 +110,40 @@ def _layout(store: SqlStore) -> tuple[Any, set[str], dict[str, str]]:
 
 
 def test_the_layout_and_schema_version_are_unchanged(store: SqlStore) -> None:
-    """Schema version (SQLite user_version 3, PostgreSQL meta 2), jobs columns and indexes as released."""
+    """Schema version (SQLite user_version 4, PostgreSQL meta 3), jobs columns and indexes as released."""
     store.counts()
     version, indexes, columns = _layout(store)
     if store.url.startswith("sqlite"):
-        assert (version, indexes - {"jobs_ready_at"}) == (3, {"jobs_ready", "jobs_status", "jobs_target",
+        assert (version, indexes - {"jobs_ready_at"}) == (4, {"jobs_ready", "jobs_status", "jobs_target",
                                                              "jobs_finished"})
         assert "jobs_ready_at" in indexes
     else:
-        assert (version, indexes) == ("2", {"jobs_ready", "jobs_active", "jobs_status", "jobs_target",
+        assert (version, indexes) == ("3", {"jobs_ready", "jobs_active", "jobs_status", "jobs_target",
                                             "jobs_finished"})
     assert columns == JOBS_COLUMNS
+
+
+def test_a_store_of_the_previous_version_gains_the_new_columns(sql_url: str) -> None:
+    """A store made before leases (SQLite 3, PostgreSQL 2: no unstarted, lease_at) is upgraded on open, jobs kept."""
+    first = open_store(sql_url)
+    assert isinstance(first, SqlStore)
+    job_id = first.create(job())
+    for column in ("lease_at", "unstarted"):
+        first._change(f"ALTER TABLE {first.prefix}jobs DROP COLUMN {column}")
+    first._change(f"DROP TABLE {first.prefix}revoked_sessions")
+    if sql_url.startswith("sqlite"):
+        first._change("PRAGMA user_version = 3")
+    else:
+        first._change(f"UPDATE {first.prefix}bgrunner_meta SET value = '2' WHERE key = 'schema_version'")
+    first.close()
+    again = open_store(sql_url)
+    assert isinstance(again, SqlStore)
+    version, _indexes, columns = _layout(again)
+    record = again.get(job_id)
+    again.revoke_session("s", until=time.time() + 5)
+    again.close()
+    assert version in (4, "3") and columns == JOBS_COLUMNS
+    assert record is not None and (record.unstarted, record.lease_at) == (0, None)
 
 
 def test_a_store_opened_again_keeps_its_jobs(sql_url: str) -> None:
@@ -236,11 +259,11 @@ def test_pg_writes_wake_workers_only_when_they_change_the_job(request: pytest.Fi
     with store.listen("bgrunner_jobs") as listener:
         claimed(store, first)
         assert store.unclaim(first, 1) and not store.unclaim(first, 1)
-        claimed(store, first)
-        assert store.set_process(first, 1, pid=7, pid_ctime=1.0)
-        assert store.retry_later(first, 1, outcome="failed", error="E", traceback=None,
+        claimed(store, first)  # attempt 2: a claim never reuses a given-back attempt's number
+        assert store.set_process(first, 2, pid=7, pid_ctime=1.0)
+        assert store.retry_later(first, 2, outcome="failed", error="E", traceback=None,
                                  run_at=time.time(), release=False, now=time.time())
-        assert store.release(first, 1) and not store.release(first, 1)
+        assert store.release(first, 2) and not store.release(first, 2)
         claimed(store, second)
         assert not store.finish(second, 2, status=JobStatus.COMPLETED, now=time.time())
         assert store.retry_later(second, 1, outcome="failed", error="E", traceback=None,

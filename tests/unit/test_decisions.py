@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from bgrunner import jobs
+from bgrunner import jobs, procs
 from bgrunner.allowlist import Policy
 from bgrunner.context import Context
 from bgrunner.eventlog import EventLog
@@ -184,7 +185,7 @@ def test_reconcile_gives_back_a_claim_never_started_only_after_the_launch_grace(
     fresh = start(store, store.create(new_job(run_at=T)), now=now - jobs.LAUNCH_GRACE + 5)
     assert jobs.reconcile(ctx) == 1
     given_back = current(store, stale.id)
-    assert (given_back.status, given_back.attempts, given_back.claimed_at, given_back.started_at) == (
+    assert (given_back.status, given_back.tries, given_back.claimed_at, given_back.started_at) == (
         JobStatus.PENDING, 0, None, None)
     assert current(store, fresh.id) == fresh
     assert store.attempts(stale.id) == [] and store.attempts(fresh.id) == []
@@ -214,7 +215,7 @@ def test_reconcile_gives_back_a_later_attempt_never_started_as_retrying(ctx: Con
     assert second.attempts == 2
     assert jobs.reconcile(ctx) == 1
     after = current(store, job.id)
-    assert (after.status, after.attempts, after.pid) == (JobStatus.RETRYING, 1, None)
+    assert (after.status, after.tries, after.pid) == (JobStatus.RETRYING, 1, None)
     assert [r.attempt for r in store.attempts(job.id)] == [1]
 
 
@@ -326,16 +327,18 @@ def test_record_death_with_a_stale_record_changes_nothing(ctx: Context) -> None:
     assert events(log_dir(ctx)) == []
 
 
-# -- recover_lost_hosts ----------------------------------------------------------------------------------
+# -- recover_expired_leases (a dead host, whatever ran its jobs) -------------------------------------
 
 
-def test_recover_lost_hosts_settles_the_lost_hosts_jobs_and_removes_its_row(ctx: Context) -> None:
-    """A host silent past the timeout: its running jobs are retried or failed, its kept retry released, its row removed."""
+def age_lease(store: MemoryStore, job: JobRecord, seconds: float) -> None:
+    """Make the job's lease ``seconds`` old on the store's clock (its process stopped renewing)."""
+    assert job.pid is not None
+    assert store.renew_lease(job.id, pid=job.pid, now=store.clock() - seconds)
+
+
+def test_expired_leases_of_another_host_are_settled_as_dead(ctx: Context) -> None:
+    """Jobs on a host whose processes stopped renewing: retried or failed per policy, a kept retry released."""
     store = store_of(ctx)
-    now = T + 3600
-    store.heartbeat("lost", pid=11, now=now - 100)
-    store.heartbeat("fresh", pid=12, now=now - 5)
-    store.heartbeat(HOST, pid=13, now=now - 1000)  # this host: never "lost" to itself
     retried = start(store, store.create(new_job(max_attempts=2, retry_delay=0.0, run_at=T)), now=T,
                     host="lost", pid=21, pid_ctime=T)
     failed = start(store, store.create(new_job(max_attempts=1, run_at=T)), now=T, host="lost",
@@ -343,45 +346,56 @@ def test_recover_lost_hosts_settles_the_lost_hosts_jobs_and_removes_its_row(ctx:
     kept = start(store, store.create(new_job(run_at=T)), now=T, host="lost", pid=23, pid_ctime=T)
     assert store.retry_later(kept.id, 1, outcome="error", error="e", traceback=None, run_at=T,
                              release=False, now=T)
-    on_fresh = start(store, store.create(new_job(run_at=T)), now=T, host="fresh", pid=24, pid_ctime=T)
-    on_me = start(store, store.create(new_job(run_at=T)), now=T, host=HOST, pid=25, pid_ctime=T)
+    fresh = start(store, store.create(new_job(run_at=T)), now=T, host="busy", pid=24, pid_ctime=T)
+    for job in (retried, failed, kept):
+        age_lease(store, current(store, job.id), 100)
 
-    assert jobs.recover_lost_hosts(ctx, HOST, timeout=30, now=now) == ["lost"]
+    assert sorted(jobs.recover_expired_leases(ctx, HOST, timeout=30)) == sorted(
+        [retried.id, failed.id, kept.id])
 
     after = current(store, retried.id)
-    assert (after.status, after.pid, after.attempts) == (JobStatus.RETRYING, None, 1)
-    assert after.error == "the job's process died without reporting: host lost: no heartbeat from lost for 100 s"
+    assert (after.status, after.pid, after.tries) == (JobStatus.RETRYING, None, 1)
+    assert after.error is not None and after.error.startswith(
+        "the job's process died without reporting: lease expired: no sign of life from its process on lost for 10")
     assert current(store, failed.id).status == JobStatus.FAILED
     released = current(store, kept.id)
     assert (released.status, released.pid) == (JobStatus.RETRYING, None)
-    assert [r.outcome for r in store.attempts(kept.id)] == ["error"]
-    assert current(store, on_fresh.id) == on_fresh
-    assert current(store, on_me.id) == on_me
-    assert sorted(h.host for h in store.hosts()) == sorted(["fresh", HOST])
+    assert current(store, fresh.id) == fresh
     logged = events(log_dir(ctx), "job_retrying", "job_failed")
     assert sorted((e["event"], e["job_id"], e["pid"]) for e in logged) == sorted([
         ("job_retrying", str(retried.id), 21), ("job_failed", str(failed.id), 22)])
 
 
-def test_recover_lost_hosts_with_every_host_fresh_changes_nothing(ctx: Context) -> None:
-    """Heartbeats within the timeout (exactly at it included): no host is lost, no job or host row changes."""
+def test_a_claim_whose_claimer_died_before_launching_goes_back(ctx: Context) -> None:
+    """A claim never launched (no pid) with an expired lease is unclaimed: not an attempt."""
     store = store_of(ctx)
-    now = T + 3600
-    store.heartbeat("edge", pid=11, now=now - 30)
-    job = start(store, store.create(new_job(run_at=T)), now=T, host="edge", pid=21, pid_ctime=T)
-    assert jobs.recover_lost_hosts(ctx, HOST, timeout=30, now=now) == []
-    assert current(store, job.id) == job
-    assert [h.host for h in store.hosts()] == ["edge"]
+    job = start(store, store.create(new_job(run_at=T)), now=T, host="lost")
+    assert jobs.recover_expired_leases(ctx, HOST, timeout=30) == []  # its claim lease is fresh
+    assert jobs.recover_expired_leases(ctx, HOST, timeout=-1) == [job.id]
+    after = current(store, job.id)
+    assert (after.status, after.tries, after.pid) == (JobStatus.PENDING, 0, None)
 
 
-def test_recover_lost_hosts_returns_every_lost_host(ctx: Context) -> None:
-    """Two silent hosts (one without jobs): both names are returned and both rows removed."""
+def test_a_live_local_process_keeps_its_job_whatever_its_lease(ctx: Context) -> None:
+    """This host can check the pid: a live job process with a stale lease (a stuck renewal) is left alone."""
     store = store_of(ctx)
-    now = T + 3600
+    me = os.getpid()
+    job = start(store, store.create(new_job(run_at=T)), now=T, host=HOST, pid=me,
+                pid_ctime=procs.start_time(me))
+    age_lease(store, job, 100)
+    assert jobs.recover_expired_leases(ctx, HOST, timeout=30) == []
+    assert current(store, job.id).status == JobStatus.RUNNING
+
+
+def test_remove_stale_hosts_drops_silent_worker_rows(ctx: Context) -> None:
+    store = store_of(ctx)
+    now = store.clock()
     store.heartbeat("gone-a", pid=1, now=now - 61)
     store.heartbeat("gone-b", pid=2, now=now - 500)
-    assert sorted(jobs.recover_lost_hosts(ctx, HOST, timeout=60, now=now)) == ["gone-a", "gone-b"]
-    assert store.hosts() == []
+    store.heartbeat("fresh", pid=3, now=now - 5)
+    store.heartbeat(HOST, pid=4, now=now - 1000)  # this host: never stale to itself
+    assert sorted(jobs.remove_stale_hosts(ctx, HOST, timeout=60)) == ["gone-a", "gone-b"]
+    assert sorted(h.host for h in store.hosts()) == sorted(["fresh", HOST])
 
 
 # -- chains --------------------------------------------------------------------------------------------
