@@ -8,7 +8,6 @@ job's module, so a target that is not allowed is refused before any of its code
 from __future__ import annotations
 
 import keyword
-import math
 import os
 import re
 import tomllib
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from bgrunner import bounds
 from bgrunner.errors import ConfigError, JobError, NotAllowedError, UsageError
 
 if TYPE_CHECKING:
@@ -58,27 +58,58 @@ def _is_name(text: object) -> bool:
     return isinstance(text, str) and text.isidentifier() and not keyword.iskeyword(text)
 
 
-def _int_at_least(minimum: int) -> Callable[[object], int]:
-    """Checker for an integer >= minimum; bools are refused although bool subclasses int."""
+def _int_at_least(minimum: int, maximum: int = bounds.INT_MAX) -> Callable[[object], int]:
+    """Checker for an integer from minimum to maximum (64-bit at most: every store holds it);
+    bools are refused although bool subclasses int."""
 
     def check(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _Invalid(f"expected an integer >= {minimum}, got {_show(value)}")
-        return value
+        try:
+            return bounds.check_int(value, what="value", minimum=minimum, maximum=maximum)
+        except UsageError:
+            upper = "64-bit" if maximum == bounds.INT_MAX else str(maximum)
+            raise _Invalid(f"expected an integer >= {minimum}, got {_shown(value)}"
+                           + _too_big(value, minimum, f" (at most {upper})")) from None
 
     return check
 
 
-def _seconds(value: object) -> float:
-    """A finite, non-negative number of seconds; int or float, never bool."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise _Invalid(f"expected a number of seconds >= 0, got {_show(value)}")
-    return float(value)
+def _seconds_upto(maximum: float) -> Callable[[object], float]:
+    """Checker for a finite number of seconds from 0 to maximum; int or float, never bool."""
+
+    def check(value: object) -> float:
+        try:
+            seconds = bounds.check_seconds(value, what="value", maximum=maximum)  # type: ignore[arg-type]
+        except UsageError:
+            raise _Invalid(f"expected a number of seconds >= 0, got {_shown(value)}"
+                           + _too_big(value, 0, f" (at most {maximum:.0f})")) from None
+        assert seconds is not None
+        return seconds
+
+    return check
+
+
+#: ``timeout``, ``retry_delay`` and the runner's own waits: at most a year (CONTRACT §14).
+_seconds = _seconds_upto(bounds.MAX_TIMEOUT)
+
+
+def _too_big(value: object, minimum: float, suffix: str) -> str:
+    """*suffix* when the value failed by being too large (or infinite), else nothing."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return suffix if is_number and value >= minimum else ""  # type: ignore[operator]
+
+
+def _shown(value: object) -> str:
+    """``_show``, safe for an integer too long for ``repr`` (TOML allows any number of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return _show(value)
+
+
+def _import_root(value: object) -> str:
+    """A folder to import job modules from (kept as written; resolved against the project later)."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _Invalid(f"expected a folder path, got {_shown(value)}")
+    return value
 
 
 def _boolean(value: object) -> bool:
@@ -136,8 +167,9 @@ _RUNNER_CHECKS: dict[str, Callable[[object], object]] = {
     "worker_idle_exit": _seconds,
     "log_max_bytes": _int_at_least(0),
     "log_backups": _int_at_least(0),
-    "result_max_bytes": _int_at_least(1),
+    "result_max_bytes": _int_at_least(1, bounds.MAX_RESULT_BYTES),
     "host_timeout": _seconds,
+    "import_root": lambda value: value if value is None else _import_root(value),
 }
 
 
@@ -209,6 +241,9 @@ class RunnerSettings:
     log_backups: int = 5
     result_max_bytes: int = 65536
     host_timeout: float = 30.0
+    #: The folder job modules are imported from, first on ``sys.path`` in place of the
+    #: current directory; relative to the project (the folder holding ``config/``). None: the cwd.
+    import_root: str | None = None
 
     def __post_init__(self) -> None:
         """Same validation as at load time, for settings built in code."""
@@ -285,6 +320,17 @@ def target_of(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def project_folder(config_path: str) -> str:
+    """The project an allowlist belongs to: the folder holding ``config/``, else the file's own folder."""
+    folder = os.path.dirname(os.path.abspath(config_path))
+    return os.path.dirname(folder) if os.path.basename(folder) == "config" else folder
+
+
+def resolve_import_root(value: str, config_path: str) -> str:
+    """``[runner] import_root`` as an absolute folder: relative paths start at the project."""
+    return os.path.normpath(os.path.join(project_folder(config_path), os.path.expanduser(value)))
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the allowlist file; any problem is a one-line ConfigError."""
     name = os.fspath(path)
@@ -314,10 +360,14 @@ def parse_config(text: str, path: str) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{path}: invalid TOML: {str(exc).split(';')[0]}") from None
     _reject_unknown(path, (), doc, ("defaults", "runner", "jobs"))
     policy_values = _checked_table(path, ("defaults",), doc.get("defaults", {}), _POLICY_CHECKS)
     defaults = Policy(**policy_values)  # type: ignore[arg-type]
     runner_values = _checked_table(path, ("runner",), doc.get("runner", {}), _RUNNER_CHECKS)
+    if runner_values.get("import_root") is not None:
+        runner_values["import_root"] = resolve_import_root(str(runner_values["import_root"]), path)
     runner = RunnerSettings(**runner_values)  # type: ignore[arg-type]
     jobs_table = doc.get("jobs", {})
     if not isinstance(jobs_table, dict):

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from bgrunner import jobs
+from bgrunner import bounds, jobs
 from bgrunner.context import Context
 from bgrunner.errors import JobNotFound
 
@@ -62,17 +62,21 @@ def get_job(job_id: str | int) -> dict[str, Any]:
 
 def cancel_job(job_id: str | int) -> bool:
     """True if the job was pending, retrying or running and is now cancelled."""
+    import getpass
+
     try:
-        return jobs.cancel(context(), job_id)
+        return jobs.cancel(context(), job_id, actor=f"python:{getpass.getuser()}")
     except JobNotFound:
         return False
 
 
 def wait_for(job_id: str | int, timeout: float | None = None) -> dict[str, Any]:
     """Block until the job is completed, failed or cancelled; its record."""
+    timeout = bounds.check_seconds(timeout, what="timeout", maximum=bounds.MAX_DELAY)
     return jobs.wait_for(context(), job_id, timeout).to_dict()
 
 
 def list_jobs(status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Jobs newest first."""
+    bounds.check_int(limit, what="limit", minimum=1)
     return [j.to_dict() for j in context().store.list(status=status, limit=limit)]

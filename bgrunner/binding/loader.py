@@ -7,12 +7,33 @@ The loader is the only place user code is imported; it is called only with a
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
 
 from bgrunner.allowlist import JobSpec
 from bgrunner.errors import TargetLoadError
+
+
+def use_import_root(root: str | None) -> None:
+    """Make job modules import from *root* (``[runner] import_root``), or from the cwd when None.
+
+    With a root, the current directory is taken off ``sys.path`` and the root put
+    first, so a job started from another folder cannot pick up a module planted
+    there under the name of one of the project's. Call before ``load_class``;
+    it stays so for the process (a job's own lazy imports must resolve alike).
+    """
+    cwd = os.getcwd()
+    if root is None:
+        if not sys.path or sys.path[0] not in (cwd, ""):
+            sys.path.insert(0, cwd)
+        return
+    if sys.path[:1] == [root] and cwd not in sys.path[1:] and "" not in sys.path:
+        return
+    sys.path[:] = [root] + [p for p in sys.path if p not in ("", ".", cwd, root)]
+    importlib.invalidate_caches()
 
 
 def load_class(spec: JobSpec) -> type:

@@ -12,13 +12,14 @@ import datetime as dt
 import decimal
 import enum
 import inspect
-import json
+import math
 import pathlib
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
+from bgrunner import bounds
 from bgrunner.binding import quickbind
 from bgrunner.errors import ParamsError, UsageError
 
@@ -69,10 +70,7 @@ def split_params(text: str) -> list[str]:
 
 def parse_json_params(text: str) -> list[Any] | dict[str, Any]:
     """The `--json` argument: an array binds positionally, an object by keyword."""
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"--json: invalid JSON: {exc}") from None
+    value = bounds.loads(text, what="--json")  # NaN, 64-bit ints, depth, size: CONTRACT §14
     if not isinstance(value, list | dict):
         raise UsageError("--json must be a JSON array or object")
     return value
@@ -296,9 +294,9 @@ def _from_json_text(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return json.loads(value)
-    except ValueError:
-        raise _CannotConvert("expected JSON") from None
+        return bounds.loads(value, what="JSON")
+    except UsageError as exc:
+        raise _CannotConvert(str(exc)) from None
 
 
 def _collection(value: Any, container: Any, args: tuple[Any, ...], name: str) -> Any:
@@ -368,15 +366,22 @@ def _to_bool(value: Any) -> bool:
 
 def _to_int(value: Any) -> int:
     if isinstance(value, str):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise TypeError
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        raise TypeError
+    if not bounds.INT_MIN <= number <= bounds.INT_MAX:
+        raise _CannotConvert("outside 64 bits")
+    return number
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, str | int | float):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise _CannotConvert("NaN and infinity are not allowed")
+        return number
     raise TypeError
 
 
@@ -388,10 +393,14 @@ def _to_str(value: Any) -> str:
 
 def _to_decimal(value: Any) -> decimal.Decimal:
     if isinstance(value, str):
-        return decimal.Decimal(value.strip())
-    if isinstance(value, int | float):
-        return decimal.Decimal(str(value))
-    raise TypeError
+        number = decimal.Decimal(value.strip())
+    elif isinstance(value, int | float):
+        number = decimal.Decimal(str(value))
+    else:
+        raise TypeError
+    if not number.is_finite():
+        raise _CannotConvert("NaN and infinity are not allowed")
+    return number
 
 
 def _iso(parse: Callable[[str], Any]) -> Callable[[Any], Any]:

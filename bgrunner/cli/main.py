@@ -14,7 +14,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from bgrunner.cmdline import OneLineParser, add_location_flags, read_params
+from bgrunner import bounds
+from bgrunner.cmdline import OneLineParser, add_location_flags, read_params, terminal_text
 from bgrunner.errors import JobError, UsageError
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(ctx, args)
     except JobError as exc:
-        print(f"bgrunner {args.command}: error: {exc}", file=sys.stderr)
+        print(terminal_text(f"bgrunner {args.command}: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -100,22 +101,31 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner import jobs
 
     params = read_params(args.params, args.json_params)
+    bounds.check_params(params)
+    bounds.check_int(args.priority, what="--priority")
+    delay = bounds.check_seconds(args.delay, what="--delay", maximum=bounds.MAX_DELAY)
+    retry_delay = bounds.check_seconds(args.retry_delay, what="--retry-delay",
+                                       maximum=bounds.MAX_RETRY_DELAY)
+    timeout = bounds.check_seconds(args.timeout, what="--timeout", maximum=bounds.MAX_TIMEOUT)
+    if args.max_attempts is not None:
+        bounds.check_int(args.max_attempts, what="--max-attempts", minimum=1)
     spec = ctx.config.check(args.target, args.method)  # before anything is imported
-    _check_cli_params(spec, args.method, params)
+    _check_cli_params(spec, args.method, params, ctx.config.runner.import_root)
     new = jobs.prepare(ctx, args.target, args.method, params, priority=args.priority,
-                       delay=args.delay, max_attempts=args.max_attempts,
-                       retry_delay=args.retry_delay, timeout=args.timeout)
+                       delay=delay or 0.0, max_attempts=args.max_attempts,
+                       retry_delay=retry_delay, timeout=timeout)
     print(jobs.submit(ctx, new))
     return 0
 
 
-def _check_cli_params(spec: JobSpec, method: str, params: list[Any] | dict[str, Any]) -> None:
+def _check_cli_params(spec: JobSpec, method: str, params: list[Any] | dict[str, Any],
+                      import_root: str | None) -> None:
     """Import the allowed class and bind the params, so a bad value is exit 2 now."""
-    from bgrunner.binding.loader import load_class, signature_callable
+    from bgrunner.binding.loader import load_class, signature_callable, use_import_root
     from bgrunner.binding.params import bind_params
     from bgrunner.errors import TargetLoadError
 
-    sys.path.insert(0, os.getcwd())
+    use_import_root(import_root)
     try:
         cls = load_class(spec)
         bind_params(signature_callable(cls, method), params)
@@ -140,6 +150,7 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    bounds.check_int(args.limit, what="--limit", minimum=1)
     records = ctx.store.list(status=args.status, target=args.target, limit=args.limit)
     if args.json:
         print(json.dumps([r.to_dict() for r in records]))
@@ -149,9 +160,11 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    import getpass
+
     from bgrunner import jobs
 
-    if jobs.cancel(ctx, args.id):
+    if jobs.cancel(ctx, args.id, actor=f"cli:{getpass.getuser()}"):
         print(f"job {args.id} cancelled")
         return 0
     job = ctx.store.get(jobs.parse_id(args.id))
@@ -191,14 +204,16 @@ def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
     concurrency = args.concurrency if args.concurrency is not None else runner.cap
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    bounds.check_int(concurrency, what="--concurrency", minimum=1, maximum=100_000)
     idle = runner.worker_idle_exit if args.auto else None
     return Worker(ctx, concurrency=concurrency, burst=args.burst, idle_exit=idle).run()
 
 
 def cmd_jobs(ctx: Context, args: argparse.Namespace) -> int:
+    from bgrunner.binding.loader import use_import_root
     from bgrunner.cli.display import allowed_jobs_text
 
-    sys.path.insert(0, os.getcwd())
+    use_import_root(ctx.config.runner.import_root)
     print(allowed_jobs_text(ctx.config))
     return 0
 
@@ -217,12 +232,16 @@ def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
     age = parse_age(args.older_than)
     if age < 0:
         raise UsageError("--older-than must not be negative")
-    n = ctx.store.prune(finished_before=time.time() - age)
+    bounds.check_seconds(age, what="--older-than", maximum=1000 * bounds.MAX_DELAY)
+    from bgrunner import jobs
+
+    n = jobs.prune(ctx, finished_before=time.time() - age)  # their output files and old audit too
     print(f"deleted {n} finished job(s)")
     return 0
 
 
 def cmd_dashboard(ctx: Context, args: argparse.Namespace) -> int:
+    bounds.check_int(args.port, what="--port", minimum=0, maximum=65535)
     try:
         from bgrunner.dashboard.server import serve
     except ImportError as exc:

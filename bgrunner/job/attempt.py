@@ -15,6 +15,7 @@ import sys
 from types import FrameType
 from typing import Any, NoReturn
 
+from bgrunner import bounds
 from bgrunner.errors import JobInterrupted
 
 
@@ -33,12 +34,15 @@ def encode_result(value: Any, max_bytes: int) -> tuple[str | None, str | None]:
     """The result as JSON text, or None and the reason it cannot be kept."""
     if value is None:
         return None, None
-    try:
-        text = json.dumps(value)
+    try:  # NaN and infinity stored as null, huge ints as text: every reader can encode it (§14)
+        text = json.dumps(bounds.sanitize(value, strict=True), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        return None, f"result not stored: not JSON-serialisable ({exc})"
-    if max_bytes and len(text.encode()) > max_bytes:
-        return None, f"result not stored: {len(text.encode())} bytes exceeds result_max_bytes ({max_bytes})"
+        return None, bounds.clip(f"result not stored: not JSON-serialisable ({exc})",
+                                 bounds.MAX_ERROR_CHARS)
+    limit = min(max_bytes or bounds.MAX_RESULT_BYTES, bounds.MAX_RESULT_BYTES)
+    size = len(text.encode())
+    if size > limit:
+        return None, f"result not stored: {size} bytes exceeds result_max_bytes ({limit})"
     return text, None
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from bgrunner.cmdline import OneLineParser, add_location_flags, read_params
+from bgrunner import bounds
+from bgrunner.cmdline import OneLineParser, add_location_flags, read_params, terminal_text
 from bgrunner.errors import ExitCode, JobError, UsageError
 
 if TYPE_CHECKING:
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from bgrunner.context import Context
+    from bgrunner.context import Context, scrub_environ
 
+    scrub_environ()  # job code never sees the dashboard's secrets, even run by hand (CONTRACT §14)
     ctx = Context.resolve(args.config, args.log_dir, args.database_url)
     if args.job_id is not None:
         return run_queued(ctx, args.target, args.method, args.job_id)
@@ -62,36 +64,50 @@ def _reporting_errors(ctx: Context, target: str, method: str, run: Callable[[], 
         if exc.exit_code in (ExitCode.USAGE, ExitCode.NOT_ALLOWED):  # refused, not failed
             ctx.log.emit("job_rejected", level="error", target=target, method=method,
                          reason=str(exc))
-        print(f"run_job.py: error: {exc}", file=sys.stderr)
+        print(terminal_text(f"run_job.py: error: {exc}"), file=sys.stderr)
         return exc.exit_code
 
 
 def run_foreground(ctx: Context, args: argparse.Namespace) -> int:
     """Record the job as running in this process and supervise it here, retries included."""
     from bgrunner.errors import TargetLoadError
+    from bgrunner.job import lease
     from bgrunner.job.supervisor import Supervisor
     from bgrunner.model import NewJob
     from bgrunner.settle import Outcome
 
     spec = ctx.config.check(args.target, args.method)
     params = read_params(args.params, args.json_params)
-    policy = spec.policy.with_overrides(max_attempts=args.max_attempts,
-                                        retry_delay=args.retry_delay, timeout=args.timeout)
+    bounds.check_params(params)  # the limits submit applies (CONTRACT §14), here too
+    policy = spec.policy.with_overrides(**_policy_flags(args))
     new = NewJob(target=spec.target, method=args.method, params=params,
                  max_attempts=policy.max_attempts, retry_delay=policy.retry_delay,
                  timeout=policy.timeout)
     try:
-        bound = _bind(spec, args.method, params)
+        bound = _bind(spec, args.method, params, ctx.config.runner.import_root)
     except TargetLoadError as exc:  # recorded as a failed job; bad params are a usage error
         job = _record_running(ctx, new)
         _fail_unstarted(ctx, job, Outcome.unstartable("load_error", exc))
-        print(f"run_job.py: job {job.id} failed: {exc}", file=sys.stderr)
+        print(terminal_text(f"run_job.py: job {job.id} failed: {exc}"), file=sys.stderr)
         return ExitCode.FAILED
     job = _record_running(ctx, new)
     os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    lease.hold(ctx, job.id)
     code = Supervisor(ctx, spec, bound.cls, job, bound.args, bound.kwargs, foreground=True).run()
     _report(ctx, job.id)
     return code
+
+
+def _policy_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``--max-attempts``, ``--retry-delay``, ``--timeout`` checked: in range, finite, 64-bit."""
+    if args.max_attempts is not None:
+        bounds.check_int(args.max_attempts, what="max_attempts", minimum=1)
+    return {
+        "max_attempts": args.max_attempts,
+        "retry_delay": bounds.check_seconds(args.retry_delay, what="retry_delay",
+                                            maximum=bounds.MAX_RETRY_DELAY),
+        "timeout": bounds.check_seconds(args.timeout, what="timeout", maximum=bounds.MAX_TIMEOUT),
+    }
 
 
 def _record_running(ctx: Context, new: NewJob) -> JobRecord:
@@ -112,7 +128,8 @@ def _report(ctx: Context, job_id: int) -> None:
     if job is None:
         return
     detail = f": {job.error}" if job.error and job.status != "completed" else ""
-    print(f"job {job_id} {job.status} after {job.attempts} attempt(s){detail}", file=sys.stderr)
+    print(terminal_text(f"job {job_id} {job.status} after {job.tries} attempt(s){detail}"),
+          file=sys.stderr)
 
 
 def _fail_unstarted(ctx: Context, job: JobRecord, outcome: Outcome) -> None:
@@ -141,11 +158,14 @@ class _Unstartable:
     exit_code: int
 
 
-def _bind(spec: JobSpec, method: str, params: list[Any] | dict[str, Any]) -> _Prepared:
-    """Import the allowed class and bind the params (TargetLoadError, ParamsError)."""
-    from bgrunner.binding.loader import load_class, signature_callable
+def _bind(spec: JobSpec, method: str, params: list[Any] | dict[str, Any],
+          import_root: str | None) -> _Prepared:
+    """Import the allowed class (from ``import_root``, else the cwd) and bind the params
+    (TargetLoadError, ParamsError)."""
+    from bgrunner.binding.loader import load_class, signature_callable, use_import_root
     from bgrunner.binding.params import bind_params
 
+    use_import_root(import_root)
     cls = load_class(spec)
     args, kwargs = bind_params(signature_callable(cls, method), params)
     return _Prepared(spec, cls, args, kwargs)
@@ -161,7 +181,7 @@ def _prepare(ctx: Context, job: JobRecord) -> _Prepared | _Unstartable:
     except JobError as exc:
         return _Unstartable(Outcome.unstartable("rejected", exc), exc.exit_code)
     try:
-        return _bind(spec, job.method, job.params)
+        return _bind(spec, job.method, job.params, ctx.config.runner.import_root)
     except ParamsError as exc:
         return _Unstartable(Outcome.unstartable("invalid_params", exc), ExitCode.USAGE)
     except TargetLoadError as exc:
@@ -185,12 +205,16 @@ def run_queued(ctx: Context, target: str, method: str, job_id: int, *, inline: b
 def _run_queued(ctx: Context, target: str, method: str, job_id: int, inline: bool,
                 go: Callable[[], bool] | None) -> int:
     from bgrunner import procs
+    from bgrunner.job import lease
     from bgrunner.job.supervisor import Supervisor
     from bgrunner.model import JobStatus
 
+    bounds.check_int(job_id, what="--job-id", minimum=1)
     job = ctx.store.get(job_id)
     if job is None:
-        raise UsageError(f"no job {job_id} in {ctx.database_url}")
+        from bgrunner.store.base import redact_url
+
+        raise UsageError(f"no job {job_id} in {redact_url(ctx.database_url)}")
     if (job.target, job.method) != (target, method):
         raise UsageError(f"job {job.id} is {job.target} {job.method}, not {target} {method}")
     pid = os.getpid()
@@ -202,6 +226,7 @@ def _run_queued(ctx: Context, target: str, method: str, job_id: int, inline: boo
         return ExitCode.CANCELLED if current is not None and current.status == JobStatus.CANCELLED else 0
     job = replace(job, pid=pid, pid_ctime=started)
     os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    lease.hold(ctx, job.id)
     prepared = _prepare(ctx, job)
     if go is not None and not go():
         return 0  # taken back (cancelled since the claim): nothing ran, nothing to record

@@ -27,16 +27,29 @@ _cancel_seen = False
 
 def progress(done: float, total: float | None = None, message: str | None = None) -> None:
     """Report how far the job is. Cheap: one small write to a pipe."""
+    if _sink is None and _channel_fd is None:
+        return
+    report = clean_report(done, total, message)
     if _sink is not None:
-        _sink({"done": done, "total": total, "message": message})
+        _sink(report)
         return
-    if _channel_fd is None:
-        return
-    report = {"type": "progress", "done": done, "total": total, "message": message}
+    assert _channel_fd is not None
     try:
-        os.write(_channel_fd, (json.dumps(report, default=str) + "\n").encode())
+        os.write(_channel_fd, (json.dumps({"type": "progress", **report}, allow_nan=False)
+                               + "\n").encode())
     except OSError:
         pass
+
+
+def clean_report(done: Any, total: Any, message: Any) -> dict[str, Any]:
+    """A progress report as it may be stored: NaN and infinity as null, the message clipped
+    to ``bounds.MAX_PROGRESS_MESSAGE_CHARS`` (CONTRACT §14). Applied where it is made and again
+    where the supervisor reads it from the pipe (the job's process writes that pipe)."""
+    from bgrunner import bounds  # here, not above: ``import bgrunner`` binds progress() eagerly
+
+    text = None if message is None else bounds.clip(bounds.sanitize(str(message)),
+                                                     bounds.MAX_PROGRESS_MESSAGE_CHARS)
+    return {"done": bounds.sanitize(done), "total": bounds.sanitize(total), "message": text}
 
 
 def cancel_requested() -> bool:

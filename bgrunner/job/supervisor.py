@@ -31,6 +31,7 @@ from bgrunner.allowlist import JobSpec, Policy
 from bgrunner.context import Context
 from bgrunner.errors import ExitCode
 from bgrunner.eventlog import EventLog
+from bgrunner.job.reporting import clean_report
 from bgrunner.model import JobRecord, JobStatus
 from bgrunner.settle import Complete, Outcome, Retry, settle_attempt
 from bgrunner.signals import STOP_SIGNALS, StopRequested, stop_signals
@@ -196,7 +197,7 @@ class Supervisor:
         return Outcome.completed(text, note)
 
     def _on_progress(self, report: dict[str, Any]) -> None:
-        self._progress_pending = report
+        self._progress_pending = report  # made by reporting.progress: already clean
         self._flush_progress(force=False)
 
     def _watch(self, pid: int, read_fd: int) -> Outcome | None:
@@ -256,8 +257,11 @@ class Supervisor:
                 message = json.loads(line)
             except ValueError:
                 continue
+            if not isinstance(message, dict):
+                continue
             if message.get("type") == "progress":
-                self._progress_pending = {k: message.get(k) for k in ("done", "total", "message")}
+                self._progress_pending = clean_report(message.get("done"), message.get("total"),
+                                                      message.get("message"))
                 self._flush_progress(force=False)
             elif message.get("type") in ("result", "error"):
                 final = message

@@ -21,7 +21,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "foundation": ("bgrunner.errors", "bgrunner.model"),
     "core": ("bgrunner.allowlist", "bgrunner.retry", "bgrunner.eventlog", "bgrunner.procs",
              "bgrunner.signals", "bgrunner.output", "bgrunner.cmdline", "bgrunner.context",
-             "bgrunner.settle"),
+             "bgrunner.settle", "bgrunner.safefiles", "bgrunner.bounds"),
     "binding": ("bgrunner.binding",),
     "store": ("bgrunner.store",),
     "launch": ("bgrunner.launch",),
@@ -43,7 +43,7 @@ JOB_ENTRIES = ("bgrunner.job.command", "bgrunner.job.forked")
 ALLOWED: dict[str, tuple[str, ...]] = {
     "foundation": (),
     "core": ("foundation", "binding", *STORE_INTERFACE),
-    "binding": ("foundation", "bgrunner.allowlist"),
+    "binding": ("foundation", "bgrunner.allowlist", "bgrunner.bounds"),
     "store": ("foundation",),
     "launch": ("foundation", "core", *STORE_INTERFACE, *JOB_ENTRIES),
     "job": ("foundation", "core", "binding", *STORE_INTERFACE, "operations"),
