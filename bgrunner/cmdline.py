@@ -11,6 +11,21 @@ import sys
 from typing import Any, NoReturn
 
 from bgrunner.errors import UsageError
+from bgrunner.eventlog import redact_text
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0))
+             if c not in (0x09, 0x0a)}
+_CONTROLS[0x0d] = "\\r"
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with every control character but newline and tab shown as an escape (``\\x1b``).
+
+    For anything written to a person's terminal: a job, its params or its
+    output must never be able to send the terminal a command. A store URL's
+    password is masked too (``eventlog.redact_text``).
+    """
+    return redact_text(text).translate(_CONTROLS)
 
 
 class _Formatter(argparse.HelpFormatter):

@@ -15,6 +15,11 @@ How lines stay whole and none is lost with many processes at once:
 * ``os.write`` on a regular file writes everything unless the disk is full or a
   signal hits in the middle of a huge write; a short write is finished with
   further calls (the only case where a line could be split);
+* a file is opened with ``O_NOFOLLOW`` and checked to be a regular file of
+  ours (:mod:`bgrunner.safefiles`): a symbolic link planted at a log's path is
+  refused, never written through. A log folder others may write in is made
+  private (0700) at the first line, and said so (stderr and a warning line);
+  one that is not ours is refused. A refusal is one warning, then no logs;
 * rotation happens under a ``filelock`` on ``<file>.lock``, and only after the
   size is checked again under the lock, so two processes never rotate the same
   file twice. A writer still holding the renamed file notices on its next line
@@ -27,8 +32,11 @@ from __future__ import annotations
 import _thread  # builtin, always loaded; ``threading`` would be one more import
 import json
 import os
+import re  # loaded by json anyway
 import sys
 import time
+
+from bgrunner.safefiles import check_folder, open_private
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,6 +51,7 @@ __all__ = [
     "format_exception",
     "log_files",
     "read_events",
+    "redact_text",
 ]
 
 MAIN_LOG = "background_jobs.log"
@@ -63,7 +72,7 @@ REQUIRED_FIELDS = ("job_id", "target", "method", "attempt", "pid")
 ROTATE_LOCK_TIMEOUT = 10.0
 """Seconds to wait for another process's rotation; past it the line is written unrotated."""
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # safefiles adds O_NOFOLLOW and O_CLOEXEC
 
 
 def _utc_timestamp() -> str:
@@ -84,14 +93,32 @@ def _safe_value(value: Any) -> Any:
             return f"<unprintable {type(value).__name__}>"
 
 
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\"'<>]*):[^\s@/\"'<>]*@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)[^\s&\"'<>,;]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every URL (``scheme://user:***@host``) and ``password=`` masked.
+
+    Run over every log line (and the CLI's human output): an error message or
+    a traceback quoting a store URL must not carry its password into a file.
+    Costs two substring tests for a line that holds no ``://`` or ``password``.
+    """
+    if "://" in text and "@" in text:
+        text = _URL_PASSWORD.sub(r"\1:***@", text)
+    if "assword" in text or "ASSWORD" in text:
+        text = _KEYWORD_PASSWORD.sub(r"\1***", text)
+    return text
+
+
 def _encode(record: dict[str, Any]) -> bytes:
-    """One line of ASCII JSON ending in a newline; never raises for odd values."""
+    """One line of ASCII JSON ending in a newline, passwords masked; never raises for odd values."""
     try:
         text = json.dumps(record, default=str, allow_nan=False)
     except Exception:  # cycles, NaN, non-str keys, a raising __str__
         safe = {k: _safe_value(v) for k, v in record.items()}
         text = json.dumps(safe, default=str, allow_nan=False)
-    return (text + "\n").encode("ascii")
+    return (redact_text(text) + "\n").encode("ascii")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -120,7 +147,7 @@ class _LogFile:
 
     def reopen(self) -> os.stat_result:
         """Open the file now at ``path`` (creating it 0o600) and return its stat."""
-        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        fd = open_private(self.path, _OPEN_FLAGS)
         st = os.fstat(fd)
         self.close()
         self.fd, self.inode = fd, (st.st_dev, st.st_ino)
@@ -149,6 +176,7 @@ class _Sink:
         self.owner_pid = os.getpid()
         self.disabled = False
         self.rotation_warned = False
+        self.folder_checked = False
 
     def write(self, line: bytes, to_errors: bool) -> None:
         if self.disabled:
@@ -194,7 +222,7 @@ class _Sink:
         """Append through descriptors of its own, opened and closed here; no rotation."""
         for f in (self.main, self.errors) if to_errors else (self.main,):
             try:
-                fd = os.open(f.path, _OPEN_FLAGS, 0o600)
+                fd = open_private(f.path, _OPEN_FLAGS)
             except OSError:
                 continue
             try:
@@ -214,11 +242,23 @@ class _Sink:
             st = _stat_or_none(f.path)
             if st is not None and (st.st_dev, st.st_ino) == f.inode:
                 return st
+        note = None
+        if not self.folder_checked:  # once per process, before its first file is opened
+            note = check_folder(self.log_dir, "log folder")
+            self.folder_checked = True
         try:
-            return f.reopen()
-        except FileNotFoundError:  # the folder is missing (first write, or removed since)
+            st = f.reopen()
+        except FileNotFoundError:  # the folder was removed since
             os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-            return f.reopen()
+            st = f.reopen()
+        if note is not None:
+            _warn(note)
+            _write_all(f.fd, _encode({"timestamp": _utc_timestamp(), "level": "warning",
+                                      "event": "log_folder_made_private",
+                                      **dict.fromkeys(REQUIRED_FIELDS), "pid": os.getpid(),
+                                      "folder": self.log_dir, "reason": note}))
+            st = os.fstat(f.fd)
+        return st
 
     def _rotate(self, f: _LogFile, incoming: int) -> None:
         """Shift ``f`` to ``.1`` (and older ones up) unless another process just did it."""
@@ -433,14 +473,15 @@ def read_events(
     """The events in one log file, in order; only ``job_id``'s if given.
 
     A line that is not a JSON object is skipped. A missing file yields nothing
-    (the errors file, for one, exists only once something has failed). Use
+    (the errors file, for one, exists only once something has failed); a
+    symbolic link or a file not ours raises ``UnsafePathError``. Use
     :func:`log_files` to read the rotated files too.
     """
     try:
-        stream = open(path, encoding="utf-8", errors="replace")
+        fd = open_private(os.fspath(path), os.O_RDONLY)
     except FileNotFoundError:
         return
-    with stream:
+    with open(fd, encoding="utf-8", errors="replace") as stream:
         for line in stream:
             if not line.strip():
                 continue

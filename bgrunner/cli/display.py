@@ -1,10 +1,21 @@
-"""Human-readable output of the CLI: job details, tables, log lines, following files."""
+"""Human-readable output of the CLI: job details, tables, log lines, following files.
+
+Everything here may hold text a job or its submitter chose (params, errors,
+tracebacks, progress messages, captured output), and a terminal obeys escape
+sequences: OSC 52 writes the clipboard, others retitle the window or rewrite
+the screen. So the human format always goes through :func:`terminal_text`,
+which shows every control character (C0 but newline and tab, DEL, C1) as an
+escape such as ``\\x1b``. A job's captured output (``logs --output``) is
+escaped when stdout is a terminal and passed through unchanged otherwise
+(``> file`` keeps the exact output). ``--json`` output is escaped by JSON itself.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -12,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bgrunner.allowlist import Config
 
+from bgrunner.cmdline import terminal_text
+from bgrunner.errors import UsageError
 from bgrunner.model import JobRecord, iso
+from bgrunner.safefiles import UnsafePathError, open_private
 
 FOLLOW_POLL = 0.2
-
 
 def progress_bar(progress: dict[str, Any], width: int = 30) -> str:
     done, total = progress.get("done"), progress.get("total")
@@ -32,7 +45,7 @@ def describe_job(job: JobRecord, *, tty: bool) -> str:
     lines = [f"job {d['id']}: {d['status']}",
              f"  target:    {job.target} {job.method}",
              f"  params:    {json.dumps(job.params)}",
-             f"  attempts:  {job.attempts} of {job.max_attempts}",
+             f"  attempts:  {job.tries} of {job.max_attempts}",
              f"  priority:  {job.priority}",
              f"  created:   {d['created_at']}",
              f"  run at:    {d['run_at']}"]
@@ -49,15 +62,16 @@ def describe_job(job: JobRecord, *, tty: bool) -> str:
         lines.append(f"  error:     {job.error}")
     if job.result is not None:
         lines.append(f"  result:    {json.dumps(job.result)[:500]}")
-    return "\n".join(lines)
+    return terminal_text("\n".join(lines))
 
 
 def job_table(records: list[JobRecord]) -> str:
     if not records:
         return "no jobs"
     header = ("ID", "STATUS", "TARGET", "METHOD", "TRIES", "CREATED")
-    rows = [(str(r.id), r.status, r.target, r.method, f"{r.attempts}/{r.max_attempts}",
-             (iso(r.created_at) or "")[:19]) for r in records]
+    rows = [tuple(terminal_text(str(c)) for c in (
+        r.id, r.status, r.target, r.method, f"{r.attempts}/{r.max_attempts}",
+        (iso(r.created_at) or "")[:19])) for r in records]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in [header, *rows])
@@ -71,20 +85,33 @@ def format_event(event: dict[str, Any]) -> str:
     text = f"{head} {rest}".rstrip()
     if event.get("traceback"):
         text += "\n" + str(event["traceback"]).rstrip()
-    return text
+    return terminal_text(text)
 
 
-def follow_file(path: str, *, follow: bool, raw: bool = False) -> Iterator[str]:
-    """The file's text, then (``follow``) whatever is appended, until interrupted."""
+def follow_file(path: str, *, follow: bool, raw: bool = False,
+                escape: bool | None = None) -> Iterator[str]:
+    """The file's text, then (``follow``) whatever is appended, until interrupted.
+
+    ``raw``: chunks as they come (a job's output), not lines. ``escape``: pass
+    raw chunks through :func:`terminal_text`; None means "if stdout is a terminal".
+    The file is opened without following a link, and must be a regular file of
+    ours (else ``UsageError``, one line).
+    """
+    if escape is None:
+        escape = raw and sys.stdout.isatty()
     while not os.path.exists(path):
         if not follow:
             return
         time.sleep(FOLLOW_POLL)
-    with open(path, encoding="utf-8", errors="replace") as f:
+    try:
+        fd = open_private(path, os.O_RDONLY)
+    except UnsafePathError as exc:
+        raise UsageError(str(exc)) from None
+    with open(fd, encoding="utf-8", errors="replace") as f:
         while True:
             chunk = f.read() if raw else f.readline()
             if chunk:
-                yield chunk
+                yield terminal_text(chunk) if escape else chunk
                 continue
             if not follow:
                 return
@@ -109,6 +136,8 @@ def read_log_lines(path: str, *, job_id: str | None,
             continue
         if wanted is not None and str(event.get("job_id")) != wanted:
             continue
+        if not line.isascii():  # not bgrunner's writing (its lines are ASCII): re-encode, escaped
+            line = json.dumps(event)
         yield line, event
 
 
@@ -135,4 +164,4 @@ def allowed_jobs_text(config: Config) -> str:
                 continue
             doc = (getattr(cls, method).__doc__ or "").strip().splitlines()
             out.append(f"  {sig}" + (f"  — {doc[0]}" if doc else ""))
-    return "\n".join(out) if out else f"no jobs are allowed ({config.path})"
+    return terminal_text("\n".join(out) if out else f"no jobs are allowed ({config.path})")

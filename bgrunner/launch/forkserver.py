@@ -13,7 +13,8 @@ process is forked from it, ahead of its job (see ``bgrunner.launch.template`` fo
 the hand-over: ``hand``, the worker records the pid, ``go``), and becomes a
 full job process as ``run_job.py --job-id N`` would be: a session of its own,
 stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``, the
-worker's environment and working directory, the allowlist read from the file.
+worker's environment (the template is started without the dashboard's secrets,
+``Context.child_env``, and drops any it still finds) and working directory, the allowlist read from the file.
 Cancellation and crash detection are unchanged. A job without a timeout runs
 its method in this one process (``job.supervisor``, *inline*); one with a timeout forks
 an attempt process, as in spawn mode, so its deadline is enforced from outside.
@@ -76,7 +77,8 @@ CLOSE_TIMEOUT = 5.0
 WARM_IMPORTS = (
     "argparse", "ctypes", "json", "shutil", "sqlite3", "tomllib", "traceback",
     "bgrunner", "bgrunner.allowlist", "bgrunner.job.attempt", "bgrunner.context",
-    "bgrunner.eventlog", "bgrunner.jobs", "bgrunner.launch.spawn", "bgrunner.binding.loader",
+    "bgrunner.eventlog", "bgrunner.output", "bgrunner.jobs", "bgrunner.launch.spawn",
+    "bgrunner.binding.loader",
     "bgrunner.binding.params", "bgrunner.procs", "bgrunner.job.reporting", "bgrunner.retry",
     "bgrunner.job.main", "bgrunner.job.supervisor", "bgrunner.store", "bgrunner.store.base",
 )

@@ -2,17 +2,19 @@
 
 A launched job runs ``python run_job.py module:Class method --job-id N`` in a
 session of its own (or, on Windows, a detached new process group), with the
-launcher's environment and working directory, stdin from /dev/null and its
-output appended to ``<log dir>/output/<id>.out``. Params are read from the
-store by the child, so they never appear on a command line.
+launcher's environment (less the dashboard's secrets) and working directory,
+stdin from /dev/null and its output appended to ``<log dir>/output/<id>.out``
+(opened without following a link, and refused unless it is a regular file of
+ours: ``bgrunner.output``). Params are read from the store by the child, so
+they never appear on a command line.
 
 Long-lived launchers (web servers, the worker) must not collect zombies: every
 child is watched by one daemon thread that reaps it as soon as it exits and,
 if the job did not record its own end, records how the process died.
 
-``subprocess`` and ``threading`` are imported where they are used: a fork-mode
-job process imports this module for ``open_output`` and must not carry
-``threading``, whose at-fork handler would run in every job process forked.
+``subprocess`` and ``threading`` are imported where they are used: the fork
+template imports this module and must not carry ``threading``, whose at-fork
+handler would run in every job process forked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bgrunner.context import launch_env
 from bgrunner.output import open_output
 
 if TYPE_CHECKING:
@@ -42,13 +45,17 @@ def detach_options(platform: str) -> dict[str, Any]:
 
 
 def spawn(command: list[str], *, env: dict[str, str], output_dir: str, job_id: int) -> subprocess.Popen[bytes]:
-    """Start a detached job process; its stdout and stderr go to its output file."""
+    """Start a detached job process; its stdout and stderr go to its output file.
+
+    ``env`` loses the dashboard's variables here too, whoever built it. Raises
+    ``OSError`` (``UnsafePathError`` for a linked or foreign output file): nothing started.
+    """
     import subprocess
 
     out = open_output(output_dir, job_id)
     try:
         return subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=launch_env(env),
             close_fds=True, **detach_options(sys.platform),
         )
     finally:

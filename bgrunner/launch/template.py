@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any, NoReturn
 
-from bgrunner.context import Context
+from bgrunner.context import Context, scrub_environ
 from bgrunner.job import forked
 from bgrunner.launch.forkserver import WARM_IMPORTS, FileStamp, changed, stamp
 
@@ -124,6 +124,9 @@ class Template:
         except Exception as exc:  # a broken allowlist: the jobs will report it themselves
             self.notes.append(f"allowlist not read, no job module preloaded: {exc}")
             return
+        root = self.ctx.config.runner.import_root
+        if root:  # as binding.loader.use_import_root: the project's folder, not the cwd
+            sys.path[:] = [root] + [p for p in sys.path if p not in ("", ".", os.getcwd(), root)]
         for module in dict.fromkeys(spec.module for spec in specs):
             try:
                 found = importlib.util.find_spec(module)
@@ -365,6 +368,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--preload-jobs", action="store_true")
     parser.add_argument("--spares", type=int, default=1, help="job processes forked ahead")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    scrub_environ()  # every child inherits os.environ: no dashboard secret may be in it
     if sys.path[0] != os.getcwd():
         sys.path.insert(0, os.getcwd())  # as run_job.py: job modules are relative to the cwd
     cmd = socket.socket(fileno=args.fd)

@@ -4,47 +4,103 @@ A submit that cannot start its job at once (delayed, or the cap is reached)
 makes sure one worker per store runs on this host (``filelock`` makes it a
 singleton) and sends it one datagram, so the worker sleeps until the next
 ``run_at`` instead of polling.
+
+Both live in a private *run folder*, never under the shared ``/tmp``: there
+another local user could bind the socket first (every wake-up would then reach
+them, and no worker would ever be started) or hold the lock. The run folder is
+``$XDG_RUNTIME_DIR/bgrunner`` when ``XDG_RUNTIME_DIR`` is a folder of ours closed
+to others, else ``<log dir>/.run``; either is created 0700 and must stay a real
+folder of ours that nobody else may enter, or it is refused (one line, never
+repaired). A caller and its worker find each other because they share these two
+settings (an auto-started worker inherits both). Socket paths longer than
+AF_UNIX allows are reached through ``/proc/self/fd`` (Linux).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import socket
 import subprocess
 import sys
-import tempfile
+from collections.abc import Iterator
 
-from bgrunner.context import Context, host_id
+from bgrunner.context import DEFAULT_LOG_DIR, Context, host_id
+from bgrunner.errors import UsageError
+from bgrunner.output import private_output_dir
+from bgrunner.safefiles import is_private_folder, open_private, run_folder
+
+#: Longest socket path bound or sent to directly (``sun_path`` is 108 bytes on Linux, 104 on BSDs).
+MAX_SOCKET_PATH = 100
+
+#: A context, or (from callers not yet passing one) the store URL, the log folder then
+#: coming from ``BGRUNNER_LOG_DIR`` as for any process of this store.
+Where = Context | str
 
 
-def _base(url: str) -> str:
-    return _base_for(url, host_id(), os.getuid())
+def _locate(where: Where) -> tuple[str, str]:
+    """(store URL, log folder) of ``where``."""
+    if isinstance(where, Context):
+        return where.database_url, where.log_dir
+    return where, os.path.abspath(os.environ.get("BGRUNNER_LOG_DIR") or DEFAULT_LOG_DIR)
+
+
+def run_dir(log_dir: str) -> str:
+    """The private folder of this user's sockets and locks, created and checked (``UnsafePathError``)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime) and is_private_folder(runtime):
+        return run_folder(os.path.join(runtime, "bgrunner"))
+    private_output_dir(os.path.join(log_dir, "output"))  # the log folder: ours and private first
+    return run_folder(os.path.join(log_dir, ".run"))
+
+
+def _base(where: Where) -> str:
+    url, log_dir = _locate(where)
+    return os.path.join(run_dir(log_dir), _name(url, host_id()))
 
 
 @functools.lru_cache(maxsize=16)
-def _base_for(url: str, host: str, uid: int) -> str:
-    digest = hashlib.sha256(f"{url}|{host}".encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"bgrunner-{uid}-{digest}")
+def _name(url: str, host: str) -> str:
+    """A short name per store and host (the URL itself may hold a password: only its hash shows)."""
+    return hashlib.sha256(f"{url}|{host}".encode()).hexdigest()[:16]
 
 
-def socket_path(url: str) -> str:
-    return _base(url) + ".sock"
+def socket_path(where: Where) -> str:
+    return _base(where) + ".sock"
 
 
-def lock_path(url: str) -> str:
-    return _base(url) + ".lock"
+def lock_path(where: Where) -> str:
+    return _base(where) + ".lock"
+
+
+@contextlib.contextmanager
+def _address(path: str) -> Iterator[str]:
+    """``path`` as an AF_UNIX address: itself, or via its folder's descriptor when too long."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield path
+        return
+    folder, name = os.path.split(path)
+    if not os.path.isdir("/proc/self/fd"):
+        raise OSError(f"socket path too long for AF_UNIX ({path}); "
+                      "set XDG_RUNTIME_DIR or use a shorter log folder")
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        yield f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
 
 
 _sender: tuple[int, socket.socket] | None = None  # (owner pid, unbound datagram socket)
 
 
-def notify(url: str) -> bool:
-    """Wake the worker of this store, if one listens. Never blocks.
+def notify(where: Where) -> bool:
+    """Wake the worker of this store, if one listens. Never blocks, never raises.
 
     One unbound datagram socket per process serves every call (a submit pays a
-    ``sendto``, not a socket's creation); a forked child makes its own.
+    ``sendto``, not a socket's creation); a forked child makes its own. A run
+    folder that is refused counts as no worker (``ensure_worker`` says why).
     """
     global _sender
     if _sender is None or _sender[0] != os.getpid():
@@ -52,17 +108,18 @@ def notify(url: str) -> bool:
         sock.setblocking(False)
         _sender = (os.getpid(), sock)
     try:
-        _sender[1].sendto(b"!", socket_path(url))
+        with _address(socket_path(where)) as address:
+            _sender[1].sendto(b"!", address)
         return True
     except OSError:
         return False
 
 
-def worker_running(url: str) -> bool:
+def worker_running(where: Where) -> bool:
     """True if some process holds this store's worker lock."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(lock_path(url), mode=0o600)
+    lock = FileLock(lock_path(where), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -72,46 +129,58 @@ def worker_running(url: str) -> bool:
 
 
 def ensure_worker(ctx: Context) -> None:
-    """Start a detached worker for this store if none runs here, then wake it."""
-    if notify(ctx.database_url):
+    """Start a detached worker for this store if none runs here, then wake it.
+
+    A refused run or log folder is a ``UsageError`` naming it (the job stays recorded).
+    """
+    if notify(ctx):
         return
-    if not worker_running(ctx.database_url):
-        out = os.open(os.path.join(_ensure_dir(ctx.output_dir), "worker.out"),
-                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            from bgrunner.launch.spawn import detach_options
-
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bgrunner", "worker", "--auto"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ctx.child_env(),
-                close_fds=True, **detach_options(sys.platform),
-            )
-        finally:
-            os.close(out)
-        from bgrunner.launch.spawn import reaper
-
-        reaper().watch(proc)
-    notify(ctx.database_url)
+    try:
+        if not worker_running(ctx):
+            _start_worker(ctx)
+    except OSError as exc:
+        raise UsageError(f"cannot start a worker: {exc}") from exc
+    notify(ctx)
 
 
-def _ensure_dir(path: str) -> str:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+def _start_worker(ctx: Context) -> None:
+    out = open_private(os.path.join(private_output_dir(ctx.output_dir), "worker.out"),
+                       os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        from bgrunner.launch.spawn import detach_options
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bgrunner", "worker", "--auto"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ctx.child_env(),
+            close_fds=True, **detach_options(sys.platform),
+        )
+    finally:
+        os.close(out)
+    from bgrunner.launch.spawn import reaper
+
+    reaper().watch(proc)
 
 
 class Listener:
-    """The worker's end: a bound datagram socket whose fd can be selected on."""
+    """The worker's end: a bound datagram socket whose fd can be selected on.
 
-    def __init__(self, url: str) -> None:
-        self.path = socket_path(url)
+    Raises ``UnsafePathError`` (an ``OSError``, one line) when the run folder is refused.
+    """
+
+    def __init__(self, where: Where) -> None:
+        self.path = socket_path(where)
         try:
-            os.unlink(self.path)
+            os.unlink(self.path)  # a stale socket of a killed worker (the folder is ours alone)
         except FileNotFoundError:
             pass
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         old = os.umask(0o177)
         try:
-            self.sock.bind(self.path)
+            with _address(self.path) as address:
+                self.sock.bind(address)
+        except BaseException:
+            self.sock.close()
+            raise
         finally:
             os.umask(old)
         self.sock.setblocking(False)

@@ -307,23 +307,6 @@ def test_negative_sizes_are_refused(tmp_path: pathlib.Path) -> None:
         EventLog(tmp_path, backups=-1)
 
 
-def test_import_stays_cheap() -> None:
-    """Importing the module and writing a line loads neither filelock nor traceback."""
-    source = str(REPO / "bgrunner" / "eventlog.py")
-    code = (
-        "import importlib.util, sys, tempfile\n"
-        f"spec = importlib.util.spec_from_file_location('eventlog', {source!r})\n"
-        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-        "mod.EventLog(tempfile.mkdtemp()).emit('job_failed', job_id='x')\n"
-        "lazy = ('filelock', 'traceback', 'typing', 'threading')\n"
-        "print(sorted(m for m in lazy if m in sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
-
-
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="needs setitimer")
 def test_a_signal_handler_may_log_in_the_middle_of_a_line(tmp_path: pathlib.Path) -> None:
     """A handler that emits while the same thread is mid-emit neither deadlocks nor loses lines."""
