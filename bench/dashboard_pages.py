@@ -130,7 +130,7 @@ def check_events(folder: Path, url: str, oldest_logged: int, n: int) -> None:
     app = create_app(ctx, token=TOKEN)
 
     async def get(path: str) -> str:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b",
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             return (await client.get(path)).text
 
@@ -143,7 +143,7 @@ async def measure(app, paths: list[str], runs: int) -> list[float]:
     import httpx
 
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench",
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1",
                                  headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         for path in paths[:3]:  # warm up
             assert (await client.get(path)).status_code == 200, path

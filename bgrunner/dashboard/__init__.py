@@ -11,7 +11,11 @@ third-party code, so the Content-Security-Policy can forbid everything but
 ``'self'``.
 
 Layout: ``app.py`` builds the application (routes, middleware, error pages);
-``auth.py`` is login, sessions, CSRF, rate limiting and security headers;
+``auth.py`` is login, sessions, revocation and CSRF; ``limits.py`` the
+rate limits, stream caps and body size; ``network.py`` the Host check, the
+client's address through trusted proxies and the security headers;
+``settings.py`` the ``BGRUNNER_DASHBOARD_*`` settings and the secrets' strength;
+``inputs.py`` bounded parsing of numbers from URLs and forms;
 ``state.py`` holds what the views share (per-thread store connections,
 cached counts); ``views/`` holds the pages, the actions, the API and the event
 streams; ``forms.py`` turns a method's signature into a dispatch form;

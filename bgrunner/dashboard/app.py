@@ -1,9 +1,10 @@
 """The ASGI application: routes, middleware, templates and error pages.
 
-``create_app(ctx, token=...)`` is all a server (or a test, or the benchmark)
-needs. Middleware, outermost first: security headers on every response, then
-the gate (login, role, CSRF) in front of every route but ``/login`` and
-``/static/``.
+``create_app(ctx, token=..., settings=...)`` is all a server (or a test, or the
+benchmark) needs. Middleware, outermost first: security headers on every
+response; the Host check and the client's address through trusted proxies
+(``network``); the body size limit (``limits``); then the gate (login, role,
+CSRF) in front of every route but ``/login`` and ``/static/``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bgrunner.context import Context
-from bgrunner.dashboard.auth import Auth, Gate, LoginLimiter, SecurityHeaders, is_machine
+from bgrunner.dashboard.auth import Auth, Gate, Identity, is_machine
+from bgrunner.dashboard.limits import AttemptLimiter, BodyLimit
+from bgrunner.dashboard.network import ClientInfo, SecurityHeaders
+from bgrunner.dashboard.settings import Settings
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.dashboard.views import actions, api, events, pages
 from bgrunner.dashboard.views.actions import WrongState
-from bgrunner.dashboard.views.common import render
+from bgrunner.dashboard.views.common import audit, render
 from bgrunner.errors import (
     ConfigError,
     JobError,
@@ -68,8 +72,13 @@ def routes() -> list[Route | Mount]:
 
 
 def create_app(ctx: Context, *, token: str, readonly_token: str | None = None,
-               login_limiter: LoginLimiter | None = None) -> Starlette:
-    """The dashboard over ``ctx``'s store; ``token`` logs in as admin, ``readonly_token`` to look."""
+               settings: Settings | None = None,
+               login_limiter: AttemptLimiter | None = None) -> Starlette:
+    """The dashboard over ``ctx``'s store; ``token`` logs in as admin, ``readonly_token`` to look.
+
+    ``settings`` default to the safe ones: loopback Host names only, no trusted proxy.
+    """
+    settings = settings or Settings()
     auth = Auth(token, readonly_token, login_limiter)
     try:  # loaded once here, shared by every thread's context
         ctx.config  # noqa: B018
@@ -78,14 +87,24 @@ def create_app(ctx: Context, *, token: str, readonly_token: str | None = None,
         pass  # a broken allowlist shows on the pages that need it
     dash = Dashboard(ctx)
     dash.templates = templates()
+
+    async def on_denied(actor: str, address: str, action: str, detail: str) -> None:
+        await dash.run(audit, actor, address, action, None, detail)
+
+    async def revoked(who: Identity) -> bool:
+        return await dash.run(lambda c: auth.revoked(c.store, who))
+
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(SecurityHeaders), Middleware(Gate, auth=auth)],
+        middleware=[Middleware(SecurityHeaders), Middleware(ClientInfo, settings=settings),
+                    Middleware(BodyLimit), Middleware(Gate, auth=auth, on_denied=on_denied,
+                                                      revoked=revoked)],
         exception_handlers={JobError: job_error, HTTPException: http_error,
                             Exception: server_error},
     )
     app.state.dashboard = dash
     app.state.auth = auth
+    app.state.settings = settings
     return app
 
 

@@ -1,4 +1,4 @@
-"""Who may look and who may act: tokens, signed session cookies, CSRF, login rate limit, headers.
+"""Who may look and who may act: tokens, signed session cookies, revocation, CSRF.
 
 Everything is closed by default: ``Gate`` sits in front of every route and lets
 through only the login page and static files without a login, so a route added
@@ -8,7 +8,8 @@ cookie; scripts send ``Authorization: Bearer <token>``. A cookie-authenticated
 request that changes something must carry the session's CSRF token (form
 field ``csrf_token`` or header ``X-CSRF-Token``); a bearer request need not,
 since a browser never adds that header by itself. The read-only token may look
-at everything and change nothing.
+at everything and change nothing. How many attempts are allowed is
+``limits``'s to say; the client's address (through trusted proxies) is ``network``'s.
 """
 
 from __future__ import annotations
@@ -20,15 +21,26 @@ import json
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from bgrunner.dashboard.limits import (
+    BEARER_GLOBAL,
+    BEARER_PER_ADDRESS,
+    LOGIN_GLOBAL,
+    LOGIN_PER_ADDRESS,
+    MAX_BODY,
+    AttemptLimiter,
+)
+
+if TYPE_CHECKING:
+    from bgrunner.store.base import Store
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,11 +58,8 @@ CSRF_HEADER = "x-csrf-token"
 
 #: How long a session lasts after login.
 SESSION_LIFETIME = 12 * 3600
-#: Failed logins allowed per client address within ``LOGIN_WINDOW`` seconds; then 429.
-LOGIN_LIMIT = 5
-LOGIN_WINDOW = 60.0
 #: Largest body a cookie-authenticated change may have (the CSRF check reads it first).
-MAX_FORM_BYTES = 1 << 20
+MAX_FORM_BYTES = MAX_BODY
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The only paths reachable without a login.
@@ -60,15 +69,6 @@ PUBLIC_PREFIXES = ("/static/",)
 MACHINE_PREFIXES = ("/api/", "/metrics", "/events")
 MACHINE_SUFFIXES = ("/stream",)
 
-SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-     b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-]
 
 
 def same(given: str, expected: str) -> bool:
@@ -92,6 +92,12 @@ class Identity:
     via: str  # "session" | "bearer"
     session_id: str | None = None
     csrf: str | None = None
+    expires: int | None = None  # a session's end (epoch seconds)
+
+    @property
+    def key(self) -> str:
+        """One caller, for per-caller limits: the session, or the token."""
+        return f"session:{self.session_id}" if self.via == "session" else f"api:{self.role}"
 
     @property
     def can_act(self) -> bool:
@@ -99,50 +105,19 @@ class Identity:
 
     @property
     def actor(self) -> str:
-        """Who the audit log names: "api" for a bearer token, "session <hash>" for a browser."""
+        """Who the audit log names: "api:admin" / "api:read-only" for a token, "session <hash>"."""
         if self.via == "bearer":
-            return "api"
+            return f"api:{self.role}"
         digest = hashlib.sha256((self.session_id or "").encode()).hexdigest()[:8]
         return f"session {digest}"
 
 
-class LoginLimiter:
-    """Failed logins per client address in a sliding window; thread-safe, bounded in memory."""
-
-    def __init__(self, limit: int = LOGIN_LIMIT, window: float = LOGIN_WINDOW) -> None:
-        self.limit, self.window = limit, window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, address: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(address, deque())
-        while times and now - times[0] > self.window:
-            times.popleft()
-        return times
-
-    def blocked(self, address: str) -> float:
-        """Seconds until this address may try again (0: it may try now)."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._recent(address, now)
-            if len(times) < self.limit:
-                return 0.0
-            return max(0.0, self.window - (now - times[0]))
-
-    def failed(self, address: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._failures) > 10_000:  # forget addresses whose window has passed
-                for addr in [a for a, t in self._failures.items() if not t or now - t[-1] > self.window]:
-                    del self._failures[addr]
-            self._recent(address, now).append(now)
-
-
 class Auth:
-    """The tokens and everything derived from them (the session-signing key)."""
+    """The tokens and everything derived from them (the session-signing key), and the limiters."""
 
     def __init__(self, token: str, readonly_token: str | None = None,
-                 limiter: LoginLimiter | None = None) -> None:
+                 login_limiter: AttemptLimiter | None = None,
+                 bearer_limiter: AttemptLimiter | None = None) -> None:
         if not token:
             raise ValueError("the dashboard needs a token")
         self.token = token
@@ -150,9 +125,11 @@ class Auth:
         # Changing either token signs everybody out.
         material = f"bgrunner-dashboard-session\0{token}\0{readonly_token or ''}".encode()
         self._key = hashlib.sha256(material).digest()
+        #: Sessions known to be revoked (the store is the truth; this saves asking again).
         self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.limiter = limiter or LoginLimiter()
+        self.limiter = login_limiter or AttemptLimiter(LOGIN_PER_ADDRESS, LOGIN_GLOBAL)
+        self.bearer_limiter = bearer_limiter or AttemptLimiter(BEARER_PER_ADDRESS, BEARER_GLOBAL)
 
     def role_of(self, token: str) -> str | None:
         """The role a presented token grants, or None. Both tokens are always compared."""
@@ -163,10 +140,10 @@ class Auth:
     # -- sessions -------------------------------------------------------------------
     def new_session(self, role: str) -> tuple[str, Identity]:
         """A signed cookie value for a fresh session, and the identity it carries."""
+        expires = int(time.time()) + SESSION_LIFETIME
         identity = Identity(role=role, via="session", session_id=secrets.token_urlsafe(18),
-                            csrf=secrets.token_urlsafe(24))
-        payload = {"r": role, "s": identity.session_id, "c": identity.csrf,
-                   "e": int(time.time()) + SESSION_LIFETIME}
+                            csrf=secrets.token_urlsafe(24), expires=expires)
+        payload = {"r": role, "s": identity.session_id, "c": identity.csrf, "e": expires}
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._sign(body)}", identity
 
@@ -174,7 +151,10 @@ class Auth:
         return _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest())
 
     def session(self, cookie: str) -> Identity | None:
-        """The identity in a session cookie, if its signature holds and it is live."""
+        """The identity in a session cookie, if its signature holds and it has not expired.
+
+        Whether it was logged out is the store's to say: ``revoked``.
+        """
         body, _, signature = cookie.partition(".")
         try:
             if not signature or not same(signature, self._sign(body)):
@@ -183,36 +163,51 @@ class Auth:
             role, sid, csrf, expires = payload["r"], payload["s"], payload["c"], payload["e"]
         except (ValueError, KeyError, TypeError, UnicodeEncodeError):
             return None
-        if role not in (ADMIN, READ_ONLY) or expires < time.time():
+        if role not in (ADMIN, READ_ONLY) or not isinstance(expires, int) or expires < time.time():
             return None
         if role == READ_ONLY and self.readonly_token is None:
             return None
-        with self._lock:
-            if sid in self._revoked:
-                return None
-        return Identity(role=role, via="session", session_id=sid, csrf=csrf)
+        return Identity(role=role, via="session", session_id=str(sid), csrf=str(csrf),
+                        expires=expires)
 
-    def revoke(self, identity: Identity) -> None:
-        """Log a session out for good (the cookie stays invalid even if replayed)."""
+    def revoked(self, store: Store, identity: Identity) -> bool:
+        """True if the session was logged out, here or by any dashboard on the store, before or
+        since a restart (blocking: call it in a worker thread)."""
+        sid = identity.session_id
+        if sid is None:
+            return False
+        now = time.time()
+        with self._lock:
+            if self._revoked.get(sid, 0.0) > now:
+                return True
+        if not store.session_revoked(sid, now=now):
+            return False
+        self._remember(sid, identity.expires or now + SESSION_LIFETIME, now)
+        return True
+
+    def revoke(self, store: Store, identity: Identity) -> None:
+        """Log a session out for good: the store keeps it until the cookie would have expired."""
         if identity.session_id is None:
             return
         now = time.time()
-        with self._lock:
-            for sid in [s for s, exp in self._revoked.items() if exp < now]:
-                del self._revoked[sid]
-            self._revoked[identity.session_id] = now + SESSION_LIFETIME
+        until = float(identity.expires or now + SESSION_LIFETIME)
+        store.revoke_session(identity.session_id, until=until)
+        self._remember(identity.session_id, until, now)
 
-    def identify(self, headers: Headers, cookies: dict[str, str]) -> Identity | None:
-        """Bearer header first (a wrong one is not rescued by a cookie), then the cookie."""
+    def _remember(self, sid: str, until: float, now: float) -> None:
+        with self._lock:
+            if len(self._revoked) > 10_000:
+                for old in [s for s, exp in self._revoked.items() if exp < now]:
+                    del self._revoked[old]
+            self._revoked[sid] = until
+
+    def bearer(self, headers: Headers) -> str | None:
+        """The token of an ``Authorization: Bearer`` header; "" for another scheme; None: no header."""
         authorization = headers.get("authorization")
-        if authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            role = self.role_of(token.strip())
-            return None if role is None else Identity(role=role, via="bearer")
-        cookie = cookies.get(SESSION_COOKIE)
-        return None if cookie is None else self.session(cookie)
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def is_public(path: str) -> bool:
@@ -275,33 +270,74 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+#: ``await on_denied(actor, address, action, detail)``: audits a refusal.
+OnDenied = Callable[[str, str, str, str], Awaitable[None]]
+#: ``await revoked(identity)``: asks the store whether a session was logged out.
+IsRevoked = Callable[["Identity"], Awaitable[bool]]
+
+
+def too_many(path: str, wait: float) -> Response:
+    headers = {"Retry-After": str(max(1, round(wait)))}
+    message = f"too many failed attempts: try again in {max(1, round(wait))} s"
+    if is_machine(path):
+        return JSONResponse({"error": message}, status_code=429, headers=headers)
+    return PlainTextResponse(message, status_code=429, headers=headers)
+
+
 class Gate:
     """ASGI middleware: authenticate every request except the public paths; check CSRF and role.
 
     Order of checks for a protected path: identity (else 401 / redirect to
-    /login), then for a request that changes something: the role (read-only
-    may only log out: 403), then, for a cookie session, the CSRF token (403).
+    /login; a wrong bearer token counts against the address, and a blocked
+    address gets 429 before its token is even compared), then for a request
+    that changes something: the role (read-only may only log out: 403), then,
+    for a cookie session, the CSRF token (403). Every refusal of a caller who
+    did authenticate, and every wrong bearer token, is audited.
     """
 
-    def __init__(self, app: ASGIApp, auth: Auth) -> None:
-        self.app, self.auth = app, auth
+    def __init__(self, app: ASGIApp, auth: Auth, on_denied: OnDenied, revoked: IsRevoked) -> None:
+        self.app, self.auth, self.on_denied, self.revoked = app, auth, on_denied, revoked
+
+    async def _identify(self, scope: Scope, conn: HTTPConnection) -> Identity | Response | None:
+        token = self.auth.bearer(conn.headers)
+        if token:
+            address = client_address(conn)
+            wait = self.auth.bearer_limiter.blocked(address)
+            if wait:
+                return too_many(scope["path"], wait)
+            role = self.auth.role_of(token)
+            if role is None:
+                self.auth.bearer_limiter.failed(address)  # nothing was awaited since blocked()
+                await self.on_denied("anonymous", address, "login_failed",
+                                     f"wrong bearer token ({scope['method']} {scope['path']})")
+                return None
+            return Identity(role=role, via="bearer")
+        if token is not None:
+            return None  # another scheme, or an empty token: not a credential
+        cookie = conn.cookies.get(SESSION_COOKIE)
+        found = None if cookie is None else self.auth.session(cookie)
+        if found is not None and await self.revoked(found):
+            return None
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
-        found = self.auth.identify(conn.headers, conn.cookies)
+        found = await self._identify(scope, conn)
+        if isinstance(found, Response):
+            await found(scope, receive, send)
+            return
         if found is None:
             await unauthenticated(scope)(scope, receive, send)
             return
         scope.setdefault("state", {})["identity"] = found
         if scope["method"] not in SAFE_METHODS:
+            refusal = None
             if not found.can_act and scope["path"] != "/logout":
-                await denied(scope["path"], "read-only access: actions are not allowed")(
-                    scope, receive, send)
-                return
-            if found.via == "session":
+                refusal = "read-only access: actions are not allowed"
+            elif found.via == "session":
                 body = await read_body(receive, MAX_FORM_BYTES)
                 if body is None:
                     await denied(scope["path"], "request body too large", 413)(scope, receive, send)
@@ -309,9 +345,13 @@ class Gate:
                 given = conn.headers.get(CSRF_HEADER) or form_field(
                     body, conn.headers.get("content-type", ""), CSRF_FIELD)
                 if not given or found.csrf is None or not same(given, found.csrf):
-                    await denied(scope["path"], "missing or wrong CSRF token")(scope, receive, send)
-                    return
+                    refusal = "missing or wrong CSRF token"
                 receive = _replay(body, receive)
+            if refusal is not None:
+                await self.on_denied(found.actor, client_address(conn), "denied",
+                                     f"{scope['method']} {scope['path']}: {refusal}")
+                await denied(scope["path"], refusal)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -329,31 +369,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class SecurityHeaders:
-    """ASGI middleware: the security headers on every response; no caching of private pages."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        static = scope["path"].startswith("/static/")
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in {name for name, _ in SECURITY_HEADERS}]
-                headers += SECURITY_HEADERS
-                if not static:
-                    headers.append((b"cache-control", b"no-store"))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def cookie_options(conn: HTTPConnection) -> dict[str, Any]:
-    """``HttpOnly``, ``SameSite=Strict``, and ``Secure`` when the page came over https."""
-    return {"httponly": True, "samesite": "strict", "secure": conn.url.scheme == "https"}
+    """``HttpOnly``, ``SameSite=Strict``, and ``Secure`` when the page came over https (directly or
+    through a trusted proxy) or the settings say so (``BGRUNNER_DASHBOARD_SECURE_COOKIES``)."""
+    settings = getattr(conn.app.state, "settings", None)
+    secure = conn.url.scheme == "https" or bool(settings is not None and settings.secure_cookies)
+    return {"httponly": True, "samesite": "strict", "secure": secure}

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bgrunner.allowlist import JobSpec
+from bgrunner.bounds import loads
+from bgrunner.dashboard.inputs import ascii_int
+from bgrunner.errors import UsageError
 
 _EMPTY = inspect.Parameter.empty
 _JSON_ORIGINS = (list, tuple, set, frozenset, dict, cabc.Sequence, cabc.MutableSequence,
@@ -173,24 +176,36 @@ def parse_form(info: MethodInfo, form: Mapping[str, str]) -> Parsed:
 def convert(kind: str, raw: str, name: str) -> Any:
     """One field's text as the value its input stands for; ValueError with a short reason."""
     if kind == "int":
-        try:
-            return int(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
-    if kind == "float":
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
+        value = ascii_int(raw.strip(), signed=True)
+        if value is None:
+            raise ValueError(f"{_short(raw)} is not a whole number (64-bit)")
         return value
+    if kind == "float":
+        return ascii_float(raw, "")
     if kind == "json":
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise ValueError(f"invalid JSON: {exc}") from None
+            return loads(raw, what="this field")
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
     return raw
+
+
+def _short(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:39] + "…")
+
+
+def ascii_float(raw: str, name: str) -> float:
+    """A finite number written in ASCII (``float`` alone takes "١.٥" and "inf"); ValueError if not."""
+    text = raw.strip()
+    if not text.isascii() or len(text) > 64:
+        raise ValueError(f"{_short(raw)} is not a number")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{_short(raw)} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name + ' ' if name else ''}must be a finite number")
+    return value
 
 
 def _arrange(info: MethodInfo, values: dict[str, Any]) -> list[Any] | dict[str, Any]:
@@ -222,11 +237,16 @@ def _number(raw: str, name: str, cast: type, errors: dict[str, str], default: An
     if raw.strip() == "":
         return default
     try:
-        value = cast(raw.strip())
+        if cast is int:
+            value: Any = ascii_int(raw.strip(), signed=True)
+            if value is None:
+                raise ValueError("not a whole number")
+        else:
+            value = ascii_float(raw, name)
         check_policy(name, value)
         return value
     except ValueError as exc:
-        errors[name] = str(exc) if "must" in str(exc) else f"{raw!r} is not a valid {name}"
+        errors[name] = str(exc) if "must" in str(exc) else f"{_short(raw)} is not a valid {name}"
         return default
 
 

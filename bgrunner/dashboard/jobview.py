@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bgrunner import procs
+from bgrunner import output, procs
 from bgrunner.eventlog import MAIN_LOG, log_files
-from bgrunner.output import output_path
+from bgrunner.safefiles import open_private
 
 #: At most this many of a job's events are shown (the latest ones).
 MAX_EVENTS = 500
@@ -52,7 +52,7 @@ def job_events(log_dir: str, job_id: int, since: float | None = None,
 def _search(path: str, needle: bytes, wanted: str, since: float | None,
             until: float | None) -> list[dict[str, Any]]:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:  # never through a link
             if os.fstat(f.fileno()).st_size == 0:
                 return []
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -126,26 +126,8 @@ def _matches(m: mmap.mmap, needle: bytes, wanted: str, lo: int, hi: int) -> Any:
 
 def read_output(output_dir: str, job_id: int, offset: int | None = None,
                 limit: int = OUTPUT_TAIL) -> tuple[str, int, bool]:
-    """(text, new offset, truncated): the output from ``offset``, or its tail if None.
-
-    At most ``limit`` bytes are read; ``truncated`` says earlier bytes were skipped.
-    A missing file is empty output (the job has not started, or printed nothing).
-    """
-    path = output_path(output_dir, job_id)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            start = max(0, size - limit) if offset is None else min(max(offset, 0), size)
-            truncated = False
-            if size - start > limit:
-                start, truncated = size - limit, True
-            elif offset is None and start > 0:
-                truncated = True
-            f.seek(start)
-            data = f.read(size - start)
-    except OSError:
-        return "", offset or 0, False
-    return data.decode("utf-8", "replace"), start + len(data), truncated
+    """(text, new offset, truncated): see `bgrunner.output.read_output` (never through a link)."""
+    return output.read_output(output_dir, job_id, offset, limit)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def attempts_total(store: Store, jobs: int) -> int | None:
         return int(own())
     if jobs > ATTEMPTS_WALK_LIMIT:
         return None
-    return sum(int(job.attempts) for job in _walk(store, None, ATTEMPTS_WALK_LIMIT))
+    return sum(int(job.tries) for job in _walk(store, None, ATTEMPTS_WALK_LIMIT))
 
 
 def ready_count(store: Store, now: float) -> int:

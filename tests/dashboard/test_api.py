@@ -135,7 +135,7 @@ def test_retry_creates_a_linked_job(server: Server) -> None:
 
 
 def test_api_actions_are_audited(server: Server) -> None:
-    """Dispatch, cancel and retry through the API appear on /audit with actor "api"."""
+    """Dispatch, cancel and retry through the API appear on /audit with the token named, "api:admin"."""
     job_id = server.dispatch("run", {"steps": 100, "delay": 0.1}, target=SLOW)
     server.api.post(f"/api/jobs/{job_id}/cancel")
     server.api.post(f"/api/jobs/{job_id}/retry")
@@ -143,7 +143,7 @@ def test_api_actions_are_audited(server: Server) -> None:
     for action in ("dispatch", "cancel", "retry"):
         assert f">{action}<" in html
     assert f'<a href="/jobs/{job_id}">{job_id}</a>' in html
-    assert "<td>api</td>" in html
+    assert "<td>api:admin</td>" in html
 
 
 def test_metrics_in_prometheus_format(server: Server) -> None:

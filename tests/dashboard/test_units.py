@@ -11,9 +11,10 @@ import pytest
 
 from bgrunner.allowlist import parse_config
 from bgrunner.dashboard import charts
-from bgrunner.dashboard.auth import Auth, LoginLimiter
+from bgrunner.dashboard.auth import Auth
 from bgrunner.dashboard.forms import describe_method, kind_of, parse_form
 from bgrunner.dashboard.jobview import job_events, read_output
+from bgrunner.dashboard.limits import AttemptLimiter, StreamSlots
 from bgrunner.dashboard.server import is_loopback
 from bgrunner.dashboard.views.pages import safe_next
 
@@ -99,6 +100,9 @@ def test_charts_are_plain_svg_with_classes() -> None:
 
 def test_sessions_are_signed_and_tokens_compared_both_ways() -> None:
     """A session cookie round-trips; a changed one, or one signed by another token, does not."""
+    from bgrunner.store.factory import open_store
+
+    store = open_store("memory://")
     auth = Auth("admin-token", "ro-token")
     cookie, who = auth.new_session("admin")
     assert auth.session(cookie) == who
@@ -106,20 +110,40 @@ def test_sessions_are_signed_and_tokens_compared_both_ways() -> None:
     assert Auth("other-token", "ro-token").session(cookie) is None
     assert auth.role_of("admin-token") == "admin" and auth.role_of("ro-token") == "read-only"
     assert auth.role_of("nope") is None and auth.role_of("") is None
-    auth.revoke(who)
-    assert auth.session(cookie) is None
+    assert not auth.revoked(store, who)
+    auth.revoke(store, who)
+    assert auth.revoked(store, who)
+    assert Auth("admin-token", "ro-token").revoked(store, who)  # another process sees it too
     with pytest.raises(ValueError):
         Auth("")
 
 
-def test_login_limiter_counts_failures_per_address() -> None:
-    """Five failures block that address only."""
-    limiter = LoginLimiter(limit=5, window=60)
+def test_login_limiter_counts_attempts_per_address() -> None:
+    """Five attempts block that address only; a forgiven (successful) one does not count."""
+    limiter = AttemptLimiter(per_address=5, total=1000, window=60)
+    assert limiter.attempt("10.0.0.1") == 0
+    limiter.forgive("10.0.0.1")
     for _ in range(5):
-        assert limiter.blocked("10.0.0.1") == 0
-        limiter.failed("10.0.0.1")
-    assert limiter.blocked("10.0.0.1") > 0
-    assert limiter.blocked("10.0.0.2") == 0
+        assert limiter.attempt("10.0.0.1") == 0
+    assert limiter.attempt("10.0.0.1") > 0 and limiter.blocked("10.0.0.1") > 0
+    assert limiter.attempt("10.0.0.2") == 0
+
+
+def test_attempt_limiter_has_a_global_limit_beside_the_per_address_one() -> None:
+    """Many addresses with one attempt each are stopped by the global limit."""
+    limiter = AttemptLimiter(per_address=5, total=20, window=60)
+    results = [limiter.attempt(f"10.0.{i // 256}.{i % 256}") for i in range(100)]
+    assert results[:20] == [0.0] * 20
+    assert all(wait > 0 for wait in results[20:])
+
+
+def test_stream_slots_are_capped_per_identity_and_in_all() -> None:
+    """A caller gets at most its share of stream slots, and everybody together the total."""
+    slots = StreamSlots(per_identity=2, total=3)
+    assert slots.take("a") and slots.take("a") and not slots.take("a")
+    assert slots.take("b") and not slots.take("c")
+    slots.give_back("a")
+    assert slots.take("c") and slots.open() == 3
 
 
 def test_loopback_hosts_and_safe_redirects() -> None:
@@ -158,7 +182,7 @@ def test_event_stream_ends_when_the_client_disconnects(tmp_path: Path) -> None:
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
              "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/events",
              "raw_path": b"/events", "query_string": b"", "root_path": "",
-             "headers": [(b"authorization", b"Bearer t"), (b"host", b"test")],
+             "headers": [(b"authorization", b"Bearer t"), (b"host", b"127.0.0.1:8000")],
              "client": ("127.0.0.1", 1), "server": ("test", 80)}
 
     async def run() -> float:

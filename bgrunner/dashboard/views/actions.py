@@ -48,10 +48,17 @@ class WrongState(UsageError):
     """The job is not in a status the action applies to."""
 
 
+def refused(ctx: Context, who: Identity, address: str, action: str, job_id: int | None,
+            reason: str) -> None:
+    """Audit an action that was asked for and refused (``<action>_refused``)."""
+    audit(ctx, who, address, f"{action}_refused", job_id, reason)
+
+
 def retry_one(ctx: Context, who: Identity, address: str, job_id: int) -> int:
-    """A new job like a failed or cancelled one (``jobs.retry``); audited."""
-    job = jobs.get(ctx, job_id)
+    """A new job like a failed or cancelled one (``jobs.retry``); audited, refusals too."""
+    job = jobs.find(ctx, job_id)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        refused(ctx, who, address, "retry", job.id, f"job is {job.status}")
         raise WrongState(f"job {job.id} is {job.status}; only failed or cancelled jobs are retried")
     new_id = jobs.retry(ctx, job_id)
     audit(ctx, who, address, "retry", job_id, f"new job {new_id}")
@@ -135,22 +142,40 @@ def submit_checked(ctx: Context, who: Identity, address: str, info: MethodInfo |
 
     The class is imported first (``info``), so ``prepare`` binds the params to
     the signature, as ``run_background_job`` does once the class is loaded.
+    A refusal (not allowed, bad params) is audited with its reason.
     """
-    new = jobs.prepare(ctx, target, method, params, priority=priority, delay=delay)
+    try:
+        new = jobs.prepare(ctx, target, method, params, priority=priority, delay=delay)
+    except JobError as exc:
+        refused(ctx, who, address, "dispatch", None, f"{target}.{method}: {exc}")
+        raise
     job_id = jobs.submit(ctx, new)
     audit(ctx, who, address, "dispatch", job_id, f"{target}.{method}")
     return job_id
 
 
+def _method_or_refuse(ctx: Context, dash: Any, who: Identity, address: str, target: str,
+                      method: str) -> MethodInfo:
+    try:
+        info: MethodInfo = dash.method(ctx, target, method)
+    except NotAllowedError as exc:
+        refused(ctx, who, address, "dispatch", None, f"{target}.{method}: {exc}")
+        raise
+    return info
+
+
 async def dispatch(request: Request) -> Response:
     target, method = request.path_params["target"], request.path_params["method"]
     dash = dashboard(request)
-    info: MethodInfo = await dash.run(dash.method, target, method)
+    who, address = actor_and_address(request)
+    info = await dash.run(_method_or_refuse, dash, who, address, target, method)
     form = {k: str(v) for k, v in (await request.form()).multi_items()}
     parsed = parse_form(info, form)
     general: str | None = None
+    if parsed.errors:
+        detail = "; ".join(f"{name}: {text}" for name, text in sorted(parsed.errors.items()))
+        await dash.run(refused, who, address, "dispatch", None, f"{target}.{method}: {detail}")
     if not parsed.errors and info.error is None:
-        who, address = actor_and_address(request)
         try:
             job_id = await dash.run(submit_checked, who, address, info, target, method,
                                     parsed.params, parsed.priority, parsed.delay)

@@ -8,7 +8,6 @@ for an unknown job. Ids in answers are strings, as everywhere in bgrunner.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -16,13 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bgrunner import jobs
+from bgrunner.bounds import loads
 from bgrunner.context import Context
 from bgrunner.dashboard import metrics as prometheus
 from bgrunner.dashboard.forms import check_policy
+from bgrunner.dashboard.inputs import ascii_int
 from bgrunner.dashboard.openapi import MAX_LIMIT, schema
-from bgrunner.dashboard.views.actions import cancel_one, retry_one, submit_checked
+from bgrunner.dashboard.views.actions import cancel_one, refused, retry_one, submit_checked
 from bgrunner.dashboard.views.common import (
     actor_and_address,
+    audit,
     dashboard,
     job_id_of,
     parse_filters,
@@ -48,23 +50,22 @@ async def jobs_collection(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     params = request.query_params
     filters = parse_filters(params, search_key="search")
-    raw_limit = params.get("limit", "50")
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    limit = ascii_int(params.get("limit", "50"), lo=1, hi=MAX_LIMIT)
+    if limit is None:
         raise UsageError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    limit = int(raw_limit)
 
     def fetch(ctx: Context) -> list[Any]:
         return ctx.store.list(status=filters.status, target=filters.target,
                               search=filters.search, before_id=filters.before_id, limit=limit)
 
     rows = await dashboard(request).run(fetch)
-    following = str(rows[-1].id) if len(rows) == limit else None
+    following = str(rows[-1].id) if rows and len(rows) == limit else None
     return JSONResponse({"jobs": [job.to_dict() for job in rows], "next_before_id": following})
 
 
 async def get_job(request: Request) -> Response:
     job_id = job_id_of(request.path_params["job_id"])
-    job = await dashboard(request).run(jobs.get, job_id)
+    job = await dashboard(request).run(jobs.find, job_id)  # reading never acts
     return JSONResponse(job.to_dict())
 
 
@@ -82,31 +83,46 @@ async def retry_job(request: Request) -> Response:
     return JSONResponse({"id": str(new_id)}, status_code=201)
 
 
-async def dispatch_job(request: Request) -> Response:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        return error("the body must be a JSON object", 400)
+def _problem(body: Any) -> str | None:
+    """What is wrong with a dispatch body's shape and policy, before the allowlist is asked."""
     if not isinstance(body, dict):
-        return error("the body must be a JSON object", 400)
+        return "the body must be a JSON object"
     target, method = body.get("target"), body.get("method", "handle")
-    params, priority, delay = body.get("params"), body.get("priority", 0), body.get("delay", 0)
+    priority, delay = body.get("priority", 0), body.get("delay", 0)
     if not isinstance(target, str) or not isinstance(method, str):
-        return error("target and method must be strings", 400)
+        return "target and method must be strings"
     if isinstance(priority, bool) or not isinstance(priority, int):
-        return error("priority must be an integer", 400)
+        return "priority must be an integer"
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
-        return error("delay must be a number of seconds >= 0", 400)
+        return "delay must be a number of seconds >= 0"
     try:
         check_policy("priority", priority)
         check_policy("delay", delay)
     except ValueError as exc:
-        return error(str(exc), 400)
+        return str(exc)
+    return None
+
+
+async def dispatch_job(request: Request) -> Response:
     dash = dashboard(request)
     who, address = actor_and_address(request)
+    try:
+        body = loads(await request.body(), what="the body")
+        problem = _problem(body)
+    except UsageError as exc:
+        body, problem = None, str(exc)
+    if problem is not None:
+        await dash.run(audit, who, address, "dispatch_refused", None, problem)
+        return error(problem, 400)
+    target, method = body["target"], body.get("method", "handle")
+    params, priority, delay = body.get("params"), body.get("priority", 0), body.get("delay", 0)
 
     def submit(ctx: Context) -> int:
-        info = dash.method(ctx, target, method)  # import the allowed class: params get bound
+        try:
+            info = dash.method(ctx, target, method)  # import the allowed class: params get bound
+        except NotAllowedError as exc:
+            refused(ctx, who, address, "dispatch", None, f"{target}.{method}: {exc}")
+            raise
         return submit_checked(ctx, who, address, info, target, method, params, priority, delay)
 
     try:

@@ -12,10 +12,10 @@ from starlette.responses import HTMLResponse
 
 from bgrunner.context import Context
 from bgrunner.dashboard.auth import Identity, client_address, identity
+from bgrunner.dashboard.inputs import ascii_int
 from bgrunner.dashboard.openapi import MAX_ID
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.errors import JobNotFound, UsageError
-from bgrunner.jobs import parse_id
 from bgrunner.model import STATUSES
 
 PAGE_SIZE = 50
@@ -44,8 +44,7 @@ def render(request: Request, name: str, status: int = 200, **values: Any) -> HTM
     who: Identity | None = request.scope.get("state", {}).get("identity")
     notice = NOTICES.get(request.query_params.get("notice", ""))
     if notice and "{n}" in notice:
-        count = request.query_params.get("n", "0")
-        notice = notice.format(n=int(count) if count.isdigit() else 0)
+        notice = notice.format(n=ascii_int(request.query_params.get("n"), lo=0) or 0)
     html = dash.templates.get_template(name).render(
         request=request, who=who, csrf=(who.csrf if who else None) or "", path=request.url.path, notice=notice,
         **values)
@@ -53,10 +52,10 @@ def render(request: Request, name: str, status: int = 200, **values: Any) -> HTM
 
 
 def job_id_of(text: str) -> int:
-    """A job id from a URL; JobNotFound for anything that cannot be one."""
-    value = parse_id(text)
-    if value > MAX_ID:
-        raise JobNotFound(f"no job {text!r}")
+    """A job id from a URL (ASCII digits, 64-bit); JobNotFound for anything that cannot be one."""
+    value = ascii_int(text, lo=1, hi=MAX_ID)
+    if value is None:
+        raise JobNotFound(f"no job {text[:40]!r}")
     return value
 
 
@@ -112,7 +111,7 @@ def parse_filters(params: Any, search_key: str = "q") -> Filters:
     before = params.get("before_id") or None
     before_id = None
     if before is not None:
-        if not (before.isascii() and before.isdigit()) or not 0 < int(before) <= MAX_ID:
+        before_id = ascii_int(before, lo=1, hi=MAX_ID)
+        if before_id is None:
             raise UsageError("before_id must be a job id (a whole number >= 1)")
-        before_id = int(before)
     return Filters(status, clean(target), clean(search), before_id)

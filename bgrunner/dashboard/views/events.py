@@ -1,10 +1,13 @@
 """Live updates as Server-Sent Events: ``/events`` for lists, ``/jobs/{id}/stream`` for one job.
 
-Each stream polls the store at most once per ``POLL_INTERVAL`` (the counts
-are shared by all streams, see ``Dashboard.counts``), sends a JSON message
-only when something changed, and ends when the client goes away (Starlette
-cancels the generator on disconnect) or after ``STREAM_LIFETIME``, after which
-the browser's EventSource reconnects by itself.
+Each stream polls at most once per ``POLL_INTERVAL``, and what it reads is
+shared by every stream asking within ``SHARED_TTL`` (``Dashboard.shared``; the
+counts too, see ``Dashboard.counts``), so many viewers of one job cost one
+query. A stream sends a JSON message only when something changed, and ends
+when the client goes away (Starlette cancels the generator on disconnect) or
+after ``STREAM_LIFETIME``, after which the browser's EventSource reconnects by
+itself. Open streams are capped per caller and in all (``limits.StreamSlots``):
+beyond, 429. Streams only read: a job's record is the store's (``jobs.find``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bgrunner import jobs
 from bgrunner.context import Context
+from bgrunner.dashboard.auth import Receive, Scope, Send, identity
+from bgrunner.dashboard.inputs import ascii_int
 from bgrunner.dashboard.jobview import ProcessWatch, read_output
+from bgrunner.dashboard.limits import StreamSlots
 from bgrunner.dashboard.openapi import MAX_ID
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.dashboard.views.common import PAGE_SIZE, Filters, dashboard, job_id_of, parse_filters
@@ -56,11 +62,34 @@ def _found(job: JobRecord, search: str | None) -> bool:
 
 def _ids(text: str) -> set[int]:
     ids = set()
-    for part in text.split(",")[:MAX_WATCH]:
-        part = part.strip()
-        if part.isascii() and part.isdigit() and 0 < int(part) <= MAX_ID:
-            ids.add(int(part))
+    for part in text.split(",", MAX_WATCH)[:MAX_WATCH]:
+        value = ascii_int(part.strip(), lo=1, hi=MAX_ID)
+        if value is not None:
+            ids.add(value)
     return ids
+
+
+class SlotStream(StreamingResponse):
+    """An event stream holding one of ``slots`` for ``who`` until it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[str], slots: StreamSlots, who: str) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=HEADERS)
+        self.slots, self.who = slots, who
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.give_back(self.who)
+
+
+def _stream(request: Request, dash: Dashboard, content: AsyncIterator[str]) -> Response:
+    """The stream if its caller (and everybody) has a slot left; else 429."""
+    who = identity(request).key
+    if not dash.streams.take(who):
+        return JSONResponse({"error": "too many open event streams: close some pages"},
+                            status_code=429, headers={"Retry-After": "10"})
+    return SlotStream(content, dash.streams, who)
 
 
 class ListWatch:
@@ -84,7 +113,7 @@ class ListWatch:
     def _watched(self, ctx: Context) -> list[JobRecord]:
         found = []
         for job_id in sorted(self.watch):
-            job = ctx.store.get(job_id)
+            job = self.dash.record(ctx, job_id)
             if job is None or job.is_final:
                 self.watch.discard(job_id)  # final jobs never change again
             if job is not None:
@@ -105,7 +134,8 @@ class ListWatch:
         LIKE over the whole store once a second.
         """
         f = self.filters
-        rows = ctx.store.list(status=f.status, target=f.target, limit=PAGE_SIZE)
+        rows = self.dash.shared(("latest", f.status, f.target),
+                                lambda: ctx.store.list(status=f.status, target=f.target, limit=PAGE_SIZE))
         top = self.top or 0
         fresh = [job for job in rows if job.id > top and _found(job, f.search)]
         if fresh:
@@ -125,25 +155,27 @@ async def list_events(request: Request) -> Response:
     top_text = params.get("top")
     top = None
     if top_text is not None:
-        if not (top_text.isascii() and top_text.isdigit()) or int(top_text) > MAX_ID:
+        top = ascii_int(top_text, lo=0, hi=MAX_ID)
+        if top is None:
             raise UsageError("top must be a job id")
-        top = int(top_text)
     watch = ListWatch(dash, filters, _ids(params.get("watch", "")), top)
-    return StreamingResponse(_loop(dash, watch.poll, None), media_type="text/event-stream",
-                             headers=HEADERS)
+    return _stream(request, dash, _loop(dash, watch.poll, None))
 
 
 class JobWatch:
     """One job page's stream: the record, new output, the process's CPU and memory."""
 
-    def __init__(self, job_id: int, offset: int) -> None:
-        self.job_id, self.offset = job_id, offset
+    def __init__(self, dash: Dashboard, job_id: int, offset: int) -> None:
+        self.dash, self.job_id, self.offset = dash, job_id, offset
         self.sent: tuple[Any, ...] | None = None
         self.process = ProcessWatch()
         self.done = False
 
     def poll(self, ctx: Context) -> dict[str, Any] | None:
-        job = jobs.get(ctx, self.job_id)
+        job = self.dash.record(ctx, self.job_id)
+        if job is None:
+            self.done = True
+            return None
         text, self.offset, skipped = read_output(ctx.output_dir, job.id, self.offset)
         stats = self.process.sample(job.pid, job.pid_ctime) if job.owned else None
         signature = _signature(job)
@@ -161,13 +193,11 @@ class JobWatch:
 async def job_events(request: Request) -> Response:
     """The job page's live feed; ends (event ``done``) once the job is final."""
     job_id = job_id_of(request.path_params["job_id"])
-    offset_text = request.query_params.get("offset", "0")
-    offset = int(offset_text) if offset_text.isascii() and offset_text.isdigit() else 0
+    offset = ascii_int(request.query_params.get("offset", "0"), lo=0, hi=2**62) or 0
     dash = dashboard(request)
-    await dash.run(jobs.get, job_id)  # 404 now rather than inside the stream
-    watch = JobWatch(job_id, min(offset, 2**62))
-    return StreamingResponse(_loop(dash, watch.poll, watch), media_type="text/event-stream",
-                             headers=HEADERS)
+    await dash.run(jobs.find, job_id)  # 404 now rather than inside the stream
+    watch = JobWatch(dash, job_id, offset)
+    return _stream(request, dash, _loop(dash, watch.poll, watch))
 
 
 async def _loop(dash: Dashboard, poll: Any, job: JobWatch | None) -> AsyncIterator[str]:

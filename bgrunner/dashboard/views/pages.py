@@ -22,7 +22,9 @@ from bgrunner.dashboard.auth import (
     identity,
     same,
 )
+from bgrunner.dashboard.inputs import ascii_int
 from bgrunner.dashboard.jobview import EVENT_MARGIN, ProcessWatch, job_events, read_output
+from bgrunner.dashboard.openapi import MAX_ID
 from bgrunner.dashboard.state import Dashboard
 from bgrunner.dashboard.views.common import (
     NOTICES,
@@ -38,11 +40,13 @@ from bgrunner.model import CANCELLABLE, FINAL_STATUSES, STATUSES
 
 #: The login form is a token and two hidden fields; anything bigger is refused.
 LOGIN_FORM_BYTES = 16 * 1024
+#: The longest ``next`` path a login redirects to (longer: the overview).
+MAX_NEXT = 2000
 
 
 def safe_next(value: str | None) -> str:
     """Only a path on this site (never ``//host`` or ``/\\host``) may be redirected to."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")) or len(value) > MAX_NEXT:
         return "/"
     return value
 
@@ -74,28 +78,32 @@ async def _small_form(request: Request, limit: int = LOGIN_FORM_BYTES) -> dict[s
 
 async def login(request: Request) -> Response:
     auth: Auth = request.app.state.auth
+    dash = dashboard(request)
     if request.method == "GET":
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie and auth.session(cookie) is not None:
+        live = auth.session(cookie) if cookie else None
+        if live is not None and not await dash.run(lambda ctx: auth.revoked(ctx.store, live)):
             return RedirectResponse(safe_next(request.query_params.get("next")), status_code=302)
         return _login_page(request)
-    dash = dashboard(request)
     address = client_address(request)
-    wait = auth.limiter.blocked(address)
+    # Counted now, before anything is awaited: concurrent slow posts cannot all pass the check.
+    wait = auth.limiter.attempt(address)
     if wait:
-        return _login_page(request, 429, f"Too many failed logins. Try again in {wait:.0f} s.",
+        return _login_page(request, 429, f"Too many login attempts. Try again in {max(1, round(wait))} s.",
                            {"Retry-After": str(max(1, round(wait)))})
     form = await _small_form(request)
     if form is None:
         return HTMLResponse("request body too large", status_code=413)
     given, expected = form.get("csrf_token", ""), request.cookies.get(LOGIN_COOKIE, "")
     if not given or not expected or not same(given, expected):
+        await dash.run(audit, "anonymous", address, "denied", None,
+                       "POST /login: missing or wrong CSRF token")
         return HTMLResponse("missing or wrong CSRF token: reload the login page", status_code=403)
     role = auth.role_of(form.get("token", ""))
     if role is None:
-        auth.limiter.failed(address)
         await dash.run(audit, "anonymous", address, "login_failed")
         return _login_page(request, 401, "Wrong token.")
+    auth.limiter.forgive(address)
     cookie_value, who = auth.new_session(role)
     await dash.run(audit, role, address, "login", None, who.actor)
     response = RedirectResponse(safe_next(form.get("next", "/")), status_code=303)
@@ -108,7 +116,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     auth: Auth = request.app.state.auth
     who = identity(request)
-    auth.revoke(who)
+    await dashboard(request).run(lambda ctx: auth.revoke(ctx.store, who))
     await dashboard(request).run(audit, who.role, client_address(request), "logout", None,
                                  who.actor)
     response = RedirectResponse("/login?notice=logged_out", status_code=303)
@@ -166,7 +174,7 @@ async def job_list(request: Request) -> Response:
 
 # -- job detail ----------------------------------------------------------------------------
 def _detail(ctx: Context, job_id: int) -> dict[str, Any]:
-    job = jobs.get(ctx, job_id)  # a job whose process died is not shown as running
+    job = jobs.find(ctx, job_id)  # reading never acts: no reconcile, no relaunch
     output, offset, truncated = read_output(ctx.output_dir, job.id)
     process = ProcessWatch().sample(job.pid, job.pid_ctime) if job.owned else None
     return {
@@ -204,8 +212,7 @@ async def allowed(request: Request) -> Response:
 
 # -- audit ------------------------------------------------------------------------------------
 async def audit_page(request: Request) -> Response:
-    before = request.query_params.get("before_id", "")
-    before_id = int(before) if before.isascii() and before.isdigit() and 0 < len(before) < 19 else None
+    before_id = ascii_int(request.query_params.get("before_id"), lo=1, hi=MAX_ID)
     entries = await dashboard(request).run(
         lambda ctx: ctx.store.audit(limit=PAGE_SIZE + 1, before_id=before_id))
     more = len(entries) > PAGE_SIZE
