@@ -109,12 +109,19 @@ class Dashboard:
                 self._local.version = version
 
     # -- reads shared by the streams -----------------------------------------------
-    def shared(self, key: tuple[Any, ...], fetch: Callable[[], T]) -> T:
-        """``fetch()``, or what it returned for ``key`` less than ``SHARED_TTL`` ago."""
+    def shared(self, key: tuple[Any, ...], fetch: Callable[[], T], *,
+               not_before: float | None = None) -> T:
+        """``fetch()``, or what it returned for ``key`` less than ``SHARED_TTL`` ago.
+
+        ``not_before`` (monotonic): a read started earlier is not reused. A stream
+        passes its opening time, so the page a redirect after an action opens never
+        gets a record read before the action.
+        """
         now = time.monotonic()
         with self._shared_lock:
             hit = self._shared.get(key)
-            if hit is not None and now - hit[0] < SHARED_TTL:
+            if hit is not None and now - hit[0] < SHARED_TTL and (
+                    not_before is None or hit[0] >= not_before):
                 value: T = hit[1]
                 return value
         value = fetch()
@@ -124,12 +131,12 @@ class Dashboard:
                     del self._shared[old]
                 if len(self._shared) >= SHARED_MAX:
                     self._shared.clear()
-            self._shared[key] = (time.monotonic(), value)
+            self._shared[key] = (now, value)  # stamped when the read started
         return value
 
-    def record(self, ctx: Context, job_id: int) -> JobRecord | None:
+    def record(self, ctx: Context, job_id: int, *, not_before: float | None = None) -> JobRecord | None:
         """The job as the store has it (shared between streams; never reconciled)."""
-        return self.shared(("job", job_id), lambda: ctx.store.get(job_id))
+        return self.shared(("job", job_id), lambda: ctx.store.get(job_id), not_before=not_before)
 
     # -- shared, cached reads ----------------------------------------------------
     def counts(self, ctx: Context) -> dict[str, int]:

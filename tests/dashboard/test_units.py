@@ -193,3 +193,24 @@ def test_event_stream_ends_when_the_client_disconnects(tmp_path: Path) -> None:
 
     assert anyio.run(run) < 5
     assert any(b'"counts"' in body for body in sent)
+
+
+def test_shared_reads_are_never_older_than_the_stream_asking(tmp_path: Path) -> None:
+    """A read shared between streams is reused within its TTL, but not by a stream opened after it started."""
+
+    from bgrunner.context import Context
+    from bgrunner.dashboard.state import Dashboard
+
+    dash = Dashboard(Context(config_path=str(tmp_path / "a.toml"), log_dir=str(tmp_path),
+                             database_url="memory://shared-test"))
+    reads: list[int] = []
+
+    def fetch() -> int:
+        reads.append(len(reads))
+        return len(reads)
+
+    assert dash.shared(("k",), fetch) == 1
+    assert dash.shared(("k",), fetch) == 1  # shared within the TTL
+    opened = time.monotonic()
+    assert dash.shared(("k",), fetch, not_before=opened) == 2  # the earlier read predates the stream
+    assert dash.shared(("k",), fetch, not_before=opened) == 2

@@ -97,6 +97,7 @@ class ListWatch:
 
     def __init__(self, dash: Dashboard, filters: Filters, watch: set[int], top: int | None) -> None:
         self.dash, self.filters, self.watch, self.top = dash, filters, watch, top
+        self.opened = time.monotonic()  # as JobWatch: no read from before the stream opened
         self.sent: dict[int, tuple[Any, ...]] = {}
         self.counts: dict[str, int] | None = None
 
@@ -113,7 +114,7 @@ class ListWatch:
     def _watched(self, ctx: Context) -> list[JobRecord]:
         found = []
         for job_id in sorted(self.watch):
-            job = self.dash.record(ctx, job_id)
+            job = self.dash.record(ctx, job_id, not_before=self.opened)
             if job is None or job.is_final:
                 self.watch.discard(job_id)  # final jobs never change again
             if job is not None:
@@ -167,12 +168,13 @@ class JobWatch:
 
     def __init__(self, dash: Dashboard, job_id: int, offset: int) -> None:
         self.dash, self.job_id, self.offset = dash, job_id, offset
+        self.opened = time.monotonic()  # reads from before the stream opened are not shared with it
         self.sent: tuple[Any, ...] | None = None
         self.process = ProcessWatch()
         self.done = False
 
     def poll(self, ctx: Context) -> dict[str, Any] | None:
-        job = self.dash.record(ctx, self.job_id)
+        job = self.dash.record(ctx, self.job_id, not_before=self.opened)
         if job is None:
             self.done = True
             return None
