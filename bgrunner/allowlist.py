@@ -367,7 +367,10 @@ def parse_config(text: str, path: str) -> Config:
     defaults = Policy(**policy_values)  # type: ignore[arg-type]
     runner_values = _checked_table(path, ("runner",), doc.get("runner", {}), _RUNNER_CHECKS)
     if runner_values.get("import_root") is not None:
-        runner_values["import_root"] = resolve_import_root(str(runner_values["import_root"]), path)
+        root = resolve_import_root(str(runner_values["import_root"]), path)
+        if not os.path.isdir(root):  # else every job would fail to import, one by one
+            raise _config_error(path, ("runner", "import_root"), f"{root} is not a folder")
+        runner_values["import_root"] = root
     runner = RunnerSettings(**runner_values)  # type: ignore[arg-type]
     jobs_table = doc.get("jobs", {})
     if not isinstance(jobs_table, dict):

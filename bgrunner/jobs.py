@@ -234,14 +234,15 @@ def recover_expired_leases(ctx: Context, me: str, *, timeout: float) -> list[int
     (pid + start time are checked here, not guessed).
     """
     given_up = []
-    for job in ctx.store.expired_leases(timeout=timeout):
+    now = ctx.store.clock()
+    for job in ctx.store.expired_leases(timeout=timeout, now=now):
         if job.host == me and job.pid is not None and procs.is_alive(job.pid, job.pid_ctime):
             continue
         if job.pid is None:
             if ctx.store.unclaim(job.id, job.attempts):
                 given_up.append(job.id)
             continue
-        silent = ctx.store.clock() - (job.lease_at or job.claimed_at or 0.0)
+        silent = now - (job.lease_at or job.claimed_at or 0.0)
         if record_death(ctx, job, f"lease expired: no sign of life from its process on {job.host}"
                         f" for {silent:.0f} s", relaunch=False):
             given_up.append(job.id)

@@ -190,10 +190,7 @@ class Worker:
         lets a pid be checked here; we hold the host's worker lock, so a live
         worker of this host cannot exist.
         """
-        from bgrunner.context import host_id as derived
-
-        return not os.environ.get("BGRUNNER_HOST_ID") and self.host == derived() and \
-            not procs.is_alive(pid, None)
+        return not os.environ.get("BGRUNNER_HOST_ID") and not procs.is_alive(pid, None)
 
     def _loop(self) -> int:
         while True:

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,14 +156,20 @@ def test_allowlist_values_use_the_same_bounds() -> None:
         parse_config("[runner]\nresult_max_bytes = 1048577\n", "a.toml")
 
 
-def test_import_root_is_resolved_against_the_project(tmp_path: object) -> None:
+def test_import_root_is_resolved_against_the_project(tmp_path: Path) -> None:
     """``import_root`` relative to the folder holding ``config/`` (else the file's folder); absolute kept."""
-    assert parse_config('[runner]\nimport_root = "."\n', "/p/config/a.toml").runner.import_root == "/p"
-    assert parse_config('[runner]\nimport_root = "src"\n', "/p/a.toml").runner.import_root == "/p/src"
-    assert parse_config('[runner]\nimport_root = "/abs"\n', "/p/a.toml").runner.import_root == "/abs"
-    assert parse_config("", "/p/a.toml").runner.import_root is None
+    project, absolute = tmp_path / "p", tmp_path / "abs"
+    for folder in (project / "config", project / "src", absolute):
+        folder.mkdir(parents=True)
+    in_config, beside = str(project / "config" / "a.toml"), str(project / "a.toml")
+    assert parse_config('[runner]\nimport_root = "."\n', in_config).runner.import_root == str(project)
+    assert parse_config('[runner]\nimport_root = "src"\n', beside).runner.import_root == str(project / "src")
+    assert parse_config(f'[runner]\nimport_root = "{absolute}"\n', beside).runner.import_root == str(absolute)
+    assert parse_config("", beside).runner.import_root is None
     with pytest.raises(ConfigError, match="import_root"):
-        parse_config("[runner]\nimport_root = 3\n", "/p/a.toml")
+        parse_config("[runner]\nimport_root = 3\n", beside)
+    with pytest.raises(ConfigError, match=r"runner\.import_root: .*nope is not a folder"):
+        parse_config('[runner]\nimport_root = "nope"\n', beside)
 
 
 def test_settle_stores_outcomes_clipped_and_strict() -> None:
