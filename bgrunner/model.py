@@ -1,4 +1,4 @@
-"""The records bgrunner passes between its layers: job statuses, jobs, attempts, hosts, audit entries.
+"""The records bgrunner passes between its layers: job statuses, jobs, attempts, workers, schedules, audit entries.
 
 Plain frozen dataclasses with no I/O: the store builds them from rows, every
 other layer reads them. ``JobRecord.to_dict`` is the public form (CONTRACT §4).
@@ -52,6 +52,13 @@ class NewJob:
     then: list[dict[str, Any]] = field(default_factory=list)
     parent_id: int | None = None
     retry_of: int | None = None
+    #: The queue workers pick it from (CONTRACT §10).
+    queue: str = "default"
+    #: While a job with this key is pending, retrying or running, `Store.create_unique` records no other.
+    unique_key: str | None = None
+    #: The schedule that fired it, and the occurrence it was fired for (CONTRACT §11).
+    schedule: str | None = None
+    scheduled_for: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,12 @@ class JobRecord:
     unstarted: int = 0
     #: The store's clock when a process last proved it works on the job (claim, launch, lease renewal).
     lease_at: float | None = None
+    queue: str = "default"
+    unique_key: str | None = None
+    schedule: str | None = None
+    scheduled_for: float | None = None
+    #: The id of the worker whose claim it runs under (None: launched by its caller, in the foreground).
+    worker: str | None = None
 
     @property
     def tries(self) -> int:
@@ -130,6 +143,10 @@ class JobRecord:
             "then": self.then,
             "parent_id": None if self.parent_id is None else str(self.parent_id),
             "retry_of": None if self.retry_of is None else str(self.retry_of),
+            "queue": self.queue,
+            "unique_key": self.unique_key,
+            "schedule": self.schedule,
+            "scheduled_for": iso(self.scheduled_for),
         }
 
 
@@ -161,10 +178,66 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
-class HostRecord:
-    """A host whose worker heartbeats into this store."""
+class WorkerRecord:
+    """A worker heartbeating into this store; several may share a host (one per queue, or more)."""
 
+    id: str
     host: str
     pid: int
+    #: The queues it claims from; None: every queue.
+    queues: tuple[str, ...] | None
+    concurrency: int
     started_at: float
     last_seen: float
+    #: What tells machines apart when two claim one host id (empty: unknown).
+    machine: str = ""
+
+    def serves(self, queue: str) -> bool:
+        return self.queues is None or queue in self.queues
+
+
+@dataclass(frozen=True)
+class TargetLimit:
+    """How many jobs of one target may run at once, and start per window, across the store.
+
+    A claim skips (never fails) a job whose target is at either limit.
+    """
+
+    target: str
+    max_running: int | None = None
+    #: At most ``rate`` starts per ``per`` seconds (both set, or neither).
+    rate: int | None = None
+    per: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rate is None) != (self.per is None):
+            raise ValueError(f"limit of {self.target}: rate and per go together")
+        if self.rate is not None and (self.rate < 1 or self.per is None or not self.per > 0):
+            raise ValueError(f"limit of {self.target}: rate must be >= 1 per a positive number of seconds")
+        if self.max_running is not None and self.max_running < 0:
+            raise ValueError(f"limit of {self.target}: max_running must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """What the store keeps of a schedule: where its sequence stands, and its last run.
+
+    ``spec`` is what the configuration said when the sequence was started (``cron.spec_key``);
+    an empty spec is a row made before any worker synced it (by a pause or a run-now).
+    """
+
+    name: str
+    next_at: float | None
+    paused: bool
+    spec: str
+    last_at: float | None
+    last_job_id: int | None
+    updated_at: float | None
+
+
+@dataclass(frozen=True)
+class FireResult:
+    """What `Store.fire_schedule` did: a job fired, an occurrence skipped (why), or neither (lost the race)."""
+
+    job_id: int | None
+    skipped: str | None

@@ -14,6 +14,7 @@ import builtins
 import json
 import time
 from abc import abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
@@ -22,10 +23,13 @@ from bgrunner.model import (
     STATUSES,
     AttemptRecord,
     AuditEntry,
-    HostRecord,
+    FireResult,
     JobRecord,
     JobStatus,
     NewJob,
+    ScheduleState,
+    TargetLimit,
+    WorkerRecord,
 )
 from bgrunner.store.base import Store
 
@@ -34,8 +38,11 @@ Row = tuple[Any, ...]
 COLUMNS = (
     "id, target, method, params, status, priority, attempts, max_attempts, retry_delay, timeout,"
     " run_at, created_at, started_at, finished_at, claimed_at, pid, pid_ctime, host, error,"
-    " traceback, result, progress, then_jobs, parent_id, retry_of, unstarted, lease_at"
+    " traceback, result, progress, then_jobs, parent_id, retry_of, unstarted, lease_at,"
+    " queue, unique_key, schedule, scheduled_for, worker"
 )
+WORKER_COLUMNS = "id, host, pid, queues, concurrency, started_at, last_seen, machine"
+SCHEDULE_COLUMNS = "name, next_at, paused, spec, last_at, last_job_id, updated_at"
 ATTEMPT_COLUMNS = "job_id, attempt, outcome, started_at, finished_at, pid, error, traceback"
 
 #: Jobs that hold (or are about to hold) a process: they count against the cap.
@@ -44,6 +51,8 @@ ACTIVE_WHERE = "(status = 'running' OR (status = 'retrying' AND pid IS NOT NULL)
 READY_WHERE = "status IN ('pending', 'retrying') AND pid IS NULL"
 FINAL_IN = "('completed', 'failed', 'cancelled')"
 CANCELLABLE_IN = "(" + ", ".join(f"'{s}'" for s in sorted(CANCELLABLE)) + ")"
+#: Jobs holding their unique key (the partial unique index's predicate, written as the index has it).
+HOLDS_KEY_WHERE = "unique_key IS NOT NULL AND status IN ('pending', 'retrying', 'running')"
 
 #: The meta table (PostgreSQL keeps its schema version there; SQLite uses user_version).
 META_DDL = "CREATE TABLE IF NOT EXISTS {p}bgrunner_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
@@ -80,7 +89,12 @@ CREATE TABLE IF NOT EXISTS {p}jobs (
     parent_id {int},
     retry_of {int},
     unstarted {int} NOT NULL DEFAULT 0,
-    lease_at {real}
+    lease_at {real},
+    queue TEXT NOT NULL DEFAULT 'default',
+    unique_key TEXT,
+    schedule TEXT,
+    scheduled_for {real},
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON {p}jobs (priority DESC, run_at, id)
     WHERE status IN ('pending', 'retrying') AND pid IS NULL;
@@ -98,12 +112,30 @@ CREATE TABLE IF NOT EXISTS {p}attempts (
     traceback TEXT,
     PRIMARY KEY (job_id, attempt)
 );
-CREATE TABLE IF NOT EXISTS {p}hosts (
-    host TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS {p}workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
     pid {int} NOT NULL,
+    queues TEXT,
+    concurrency {int} NOT NULL,
     started_at {real} NOT NULL,
-    last_seen {real} NOT NULL
+    last_seen {real} NOT NULL,
+    machine TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS {p}schedules (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    next_at {real},
+    paused {int} NOT NULL DEFAULT 0,
+    last_at {real},
+    last_job_id {int},
+    updated_at {real}
+);
+CREATE TABLE IF NOT EXISTS {p}starts (
+    target TEXT NOT NULL,
+    at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS starts_target_at ON {p}starts (target, at);
 CREATE TABLE IF NOT EXISTS {p}audit (
     id {id},
     at {real} NOT NULL,
@@ -120,10 +152,31 @@ CREATE TABLE IF NOT EXISTS {p}revoked_sessions (
 )
 """
 
+# Indexes over columns an older store gains by `ADDED_COLUMNS`: created after those are added.
+# jobs_unique_active is what makes `create_unique` hold across processes; jobs_active_target
+# serves the per-target counts of claims with limits (and PostgreSQL's cap count);
+# jobs_ready_queue the claims of a worker serving some queues (the best job of each queue is
+# its first entry there, whatever the other queues hold); jobs_queue queue_counts (covering)
+# and list(queue=, status=).
+INDEX_DDL = """
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_active ON {p}jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('pending', 'retrying', 'running');
+CREATE INDEX IF NOT EXISTS jobs_active_target ON {p}jobs (target)
+    WHERE status = 'running' OR (status = 'retrying' AND pid IS NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_ready_queue ON {p}jobs (queue, priority DESC, run_at, id, target)
+    WHERE status IN ('pending', 'retrying') AND pid IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_queue ON {p}jobs (queue, status, id)
+"""
+
 #: Columns added after the first layout: (table, column, type), added to older stores on open.
 ADDED_COLUMNS = (
     ("jobs", "unstarted", "{int} NOT NULL DEFAULT 0"),
     ("jobs", "lease_at", "{real}"),
+    ("jobs", "queue", "TEXT NOT NULL DEFAULT 'default'"),
+    ("jobs", "unique_key", "TEXT"),
+    ("jobs", "schedule", "TEXT"),
+    ("jobs", "scheduled_for", "{real}"),
+    ("jobs", "worker", "TEXT"),
 )
 
 
@@ -137,6 +190,7 @@ def row_to_record(row: Row) -> JobRecord:
         id_, target, method, params, status, priority, attempts, max_attempts, retry_delay,
         timeout, run_at, created_at, started_at, finished_at, claimed_at, pid, pid_ctime, host,
         error, traceback, result, progress, then_jobs, parent_id, retry_of, unstarted, lease_at,
+        queue, unique_key, schedule, scheduled_for, worker,
     ) = row
     return JobRecord(
         id=id_, target=target, method=method, params=json.loads(params), status=JobStatus(status),
@@ -146,8 +200,36 @@ def row_to_record(row: Row) -> JobRecord:
         pid_ctime=pid_ctime, host=host, error=error, traceback=traceback,
         result=decode_json(result), progress=decode_json(progress),
         then=decode_json(then_jobs) or [], parent_id=parent_id, retry_of=retry_of,
-        unstarted=unstarted, lease_at=lease_at,
+        unstarted=unstarted, lease_at=lease_at, queue=queue, unique_key=unique_key, schedule=schedule,
+        scheduled_for=scheduled_for, worker=worker,
     )
+
+
+def row_to_worker(row: Row) -> WorkerRecord:
+    id_, host, pid, queues, concurrency, started_at, last_seen, machine = row
+    return WorkerRecord(id=id_, host=host, pid=pid,
+                        queues=None if queues is None else tuple(json.loads(queues)),
+                        concurrency=concurrency, started_at=started_at, last_seen=last_seen, machine=machine)
+
+
+def row_to_schedule(row: Row) -> ScheduleState:
+    name, next_at, paused, spec, last_at, last_job_id, updated_at = row
+    return ScheduleState(name=name, next_at=next_at, paused=bool(paused), spec=spec, last_at=last_at,
+                         last_job_id=last_job_id, updated_at=updated_at)
+
+
+def effective_limits(limits: Sequence[TargetLimit]) -> builtins.list[TargetLimit]:
+    """The limits that limit something (a target with neither a cap nor a rate is free)."""
+    return [lim for lim in limits if lim.max_running is not None or lim.rate is not None]
+
+
+def rate_windows(limits: Sequence[TargetLimit]) -> dict[str, float]:
+    """Per rate-limited target, the longest window: starts older than it are of no use."""
+    windows: dict[str, float] = {}
+    for lim in limits:
+        if lim.rate is not None and lim.per is not None:
+            windows[lim.target] = max(windows.get(lim.target, 0.0), float(lim.per))
+    return windows
 
 
 class SqlStore(Store):
@@ -210,9 +292,17 @@ class SqlStore(Store):
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     def _schema_statements(self) -> builtins.list[str]:
-        """The CREATE statements of the shared layout plus this dialect's own, prefixed."""
+        """The CREATE statements of the shared tables (and their first indexes), prefixed.
+
+        Then `_column_additions`, then `_index_statements`: an older store gains its new
+        columns before the indexes over them are made.
+        """
         ddl = DDL.format(p=self.prefix, id=self.id_type, int=self.int_type, real=self.real_type)
-        shared = [s.strip() for s in ddl.split(";") if s.strip()]
+        return [s.strip() for s in ddl.split(";") if s.strip()]
+
+    def _index_statements(self) -> builtins.list[str]:
+        """The indexes over added columns, then this dialect's own, prefixed."""
+        shared = [s.strip() for s in INDEX_DDL.format(p=self.prefix).split(";") if s.strip()]
         return shared + [s.format(p=self.prefix) for s in self.extra_ddl]
 
     def _column_additions(self, existing: set[str] | None) -> builtins.list[str]:
@@ -226,6 +316,42 @@ class SqlStore(Store):
                 for table, column, kind in ADDED_COLUMNS
                 if existing is None or column not in existing]
 
+    def _serialise(self, purpose: str) -> None:
+        """In a transaction: wait for any other transaction serialised on ``purpose`` to end.
+
+        SQLite's ``BEGIN IMMEDIATE`` already serialises every writer: nothing to do there.
+        """
+
+    @staticmethod
+    def _in_list(column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        """`` AND column IN (?, …)`` (an empty sequence matches nothing)."""
+        if not values:
+            return " AND 1 = 0", ()
+        return f" AND {column} IN ({', '.join('?' * len(values))})", tuple(values)
+
+    def _blocked_cte(self, limits: Sequence[TargetLimit]) -> tuple[str, tuple[Any, ...]]:
+        """``WITH lim(…) AS (VALUES …), blocked AS (…)``: the limited targets no claim may take now.
+
+        Blocked: at ``max_running`` active jobs across the store, or ``rate`` starts logged
+        within the last ``per`` seconds on the store's clock. Run inside the claim's
+        transaction (and its lock), so the counts cannot change before the claim commits.
+        MATERIALIZED: counted once, however many queues' picks read it.
+        """
+        jobs, starts = f"{self.prefix}jobs", f"{self.prefix}starts"
+        row = (f"(CAST(? AS TEXT), CAST(? AS {self.int_type}), CAST(? AS {self.int_type}),"
+               f" CAST(? AS {self.real_type}))")
+        args: tuple[Any, ...] = ()
+        for lim in limits:
+            args += (lim.target, lim.max_running, lim.rate, None if lim.per is None else float(lim.per))
+        sql = (f"WITH lim (target, max_running, rate, per) AS (VALUES {', '.join([row] * len(limits))}),"
+               " blocked AS MATERIALIZED (SELECT lim.target FROM lim WHERE"
+               f" (lim.max_running IS NOT NULL AND (SELECT count(*) FROM {jobs} a"
+               f" WHERE a.target = lim.target AND {ACTIVE_WHERE})"
+               " >= lim.max_running)"
+               f" OR (lim.rate IS NOT NULL AND (SELECT count(*) FROM {starts} s WHERE s.target = lim.target"
+               f" AND s.at > {self.clock_sql} - lim.per) >= lim.rate)) ")
+        return sql, args
+
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> JobRecord | None:
         rows = self._fetch(sql, args)
         return row_to_record(rows[0]) if rows else None
@@ -234,25 +360,50 @@ class SqlStore(Store):
         return [row_to_record(row) for row in self._fetch(sql, args)]
 
     # -- submit and read -------------------------------------------------------------
-    def _insert(self, job: NewJob, status: JobStatus, now: float, *, wake: bool, **extra: Any) -> int:
-        """Insert the job's row as given: None is NULL (callers pass their timestamps)."""
+    def _insert_sql(self, job: NewJob, status: JobStatus, now: float, *, wake: bool, conflict: str = "",
+                    **extra: Any) -> tuple[str, tuple[Any, ...]]:
+        """The INSERT of the job's row as given (None is NULL), ``conflict`` before its RETURNING id."""
         values: dict[str, Any] = {
             "target": job.target, "method": job.method, "params": json.dumps(job.params),
             "status": status, "priority": job.priority, "max_attempts": job.max_attempts,
             "retry_delay": job.retry_delay, "timeout": job.timeout,
             "run_at": job.run_at or now, "created_at": now,
             "then_jobs": json.dumps(job.then) if job.then else None,
-            "parent_id": job.parent_id, "retry_of": job.retry_of, **extra,
+            "parent_id": job.parent_id, "retry_of": job.retry_of, "queue": job.queue,
+            "unique_key": job.unique_key, "schedule": job.schedule, "scheduled_for": job.scheduled_for,
+            **extra,
         }
         sql = (f"INSERT INTO {self.prefix}jobs ({', '.join(values)})"
-               f" VALUES ({', '.join(['?'] * len(values))}) RETURNING id")
+               f" VALUES ({', '.join(['?'] * len(values))}){conflict} RETURNING id")
         args = tuple(values.values())
         if wake:  # one statement: the notification goes out when the row commits
             sql, args = self._waking(sql, args)
-        return int(self._fetch(sql, args)[0][0])
+        return sql, args
+
+    def _insert(self, job: NewJob, status: JobStatus, now: float, *, wake: bool, **extra: Any) -> int:
+        """Insert the job's row as given: None is NULL (callers pass their timestamps)."""
+        return int(self._fetch(*self._insert_sql(job, status, now, wake=wake, **extra))[0][0])
 
     def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
         return self._insert(job, status, time.time(), wake=True)
+
+    def create_unique(self, job: NewJob) -> tuple[int, bool]:
+        if not job.unique_key:
+            raise ValueError("create_unique() needs a job with a unique_key")
+        sql, args = self._insert_sql(job, JobStatus.PENDING, time.time(), wake=True,
+                                     conflict=f" ON CONFLICT (unique_key) WHERE {HOLDS_KEY_WHERE} DO NOTHING")
+        while True:
+            # The insert waits for a concurrent holder's transaction, then does nothing; the
+            # select (a later statement, a newer snapshot) then sees that holder. If it ended
+            # in between, the key is free again: go round.
+            with self._tx():
+                rows = self._fetch(sql, args)
+                if rows:
+                    return int(rows[0][0]), True
+                rows = self._fetch(f"SELECT id FROM {self.prefix}jobs WHERE unique_key = ? AND {HOLDS_KEY_WHERE}",
+                                   (job.unique_key,))
+                if rows:
+                    return int(rows[0][0]), False
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         now = time.time()
@@ -266,9 +417,12 @@ class SqlStore(Store):
 
     def list(self, *, status: str | None = None, target: str | None = None,
              search: str | None = None, before_id: int | None = None,
-             limit: int = 50) -> builtins.list[JobRecord]:
+             limit: int = 50, queue: str | None = None) -> builtins.list[JobRecord]:
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
+        if queue:
+            where.append("queue = ?")
+            args.append(queue)
         if status:
             where.append("status = ?")
             args.append(status)
@@ -297,6 +451,18 @@ class SqlStore(Store):
             counts[status] = n
         return counts
 
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        # One statement (one snapshot), both halves answered from indexes alone.
+        rows = self._fetch(
+            f"SELECT queue, status, count(*) FROM {self.prefix}jobs{self._indexed_by('jobs_queue')}"
+            " GROUP BY queue, status UNION ALL"
+            f" SELECT queue, 'ready', count(*) FROM {self.prefix}jobs{self._indexed_by('jobs_ready_queue')}"
+            f" WHERE {READY_WHERE} AND run_at <= ? GROUP BY queue", (time.time(),))
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, n in rows:
+            counts.setdefault(queue, {**dict.fromkeys(STATUSES, 0), "ready": 0})[status] = int(n)
+        return counts
+
     # -- claiming (the claims themselves are the dialect's) -----------------------------
     def set_process(self, job_id: int, attempt: int, *, pid: int, pid_ctime: float) -> bool:
         return self._change(
@@ -317,9 +483,14 @@ class SqlStore(Store):
             (job_id, attempt),
         ))) == 1
 
-    def next_run_at(self) -> float | None:
-        rows = self._fetch(
-            f"SELECT min(run_at) FROM {self.prefix}jobs{self._indexed_by('jobs_ready_at')} WHERE {READY_WHERE}")
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
+        if queues is None:
+            rows = self._fetch(f"SELECT min(run_at) FROM {self.prefix}jobs{self._indexed_by('jobs_ready_at')}"
+                               f" WHERE {READY_WHERE}")
+        else:  # the served queues' entries of jobs_ready_queue (covering): never other queues' jobs
+            where, args = self._in_list("queue", queues)
+            rows = self._fetch(f"SELECT min(run_at) FROM {self.prefix}jobs{self._indexed_by('jobs_ready_queue')}"
+                               f" WHERE {READY_WHERE}{where}", args)
         return rows[0][0] if rows else None
 
     def active(self) -> builtins.list[JobRecord]:
@@ -421,7 +592,7 @@ class SqlStore(Store):
                            f" {where}ORDER BY id DESC LIMIT ?", (*args, limit))
         return [AuditEntry(*r) for r in rows]
 
-    # -- the store's clock, leases and hosts -------------------------------------------
+    # -- the store's clock and leases -------------------------------------------
     def clock(self) -> float:
         return float(self._fetch(f"SELECT {self.clock_sql}")[0][0])
 
@@ -438,34 +609,102 @@ class SqlStore(Store):
             f" AND COALESCE(lease_at, claimed_at, 0) < COALESCE(?, {self.clock_sql}) - ?",
             (now, timeout))
 
-    def register_host(self, host: str, *, pid: int, timeout: float,
-                      now: float | None = None) -> HostRecord | None:
+    # -- workers -------------------------------------------------------------------------
+    def register_worker(self, rec: WorkerRecord, *, timeout: float,
+                        now: float | None = None) -> WorkerRecord | None:
         with self._tx():
+            self._serialise(f"worker:{rec.host}")  # two machines registering one host id at once
             rows = self._fetch(
-                f"SELECT host, pid, started_at, last_seen FROM {self.prefix}hosts WHERE host = ?"
-                f" AND pid <> ? AND last_seen >= COALESCE(?, {self.clock_sql}) - ?{self.lock_row}",
-                (host, pid, now, timeout))
+                f"SELECT {WORKER_COLUMNS} FROM {self.prefix}workers WHERE host = ? AND machine <> ''"
+                f" AND machine <> ? AND last_seen >= COALESCE(?, {self.clock_sql}) - ?"
+                " ORDER BY last_seen DESC LIMIT 1", (rec.host, rec.machine, now, timeout))
             if rows:
-                return HostRecord(*rows[0])
-            self._change(f"DELETE FROM {self.prefix}hosts WHERE host = ?", (host,))
-            self.heartbeat(host, pid=pid, now=now)
+                return row_to_worker(rows[0])
+            queues = None if rec.queues is None else json.dumps(builtins.list(rec.queues))
+            at = self.clock() if now is None else now  # one reading: started_at = last_seen
+            self._change(
+                f"INSERT INTO {self.prefix}workers ({WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+                " queues = excluded.queues, concurrency = excluded.concurrency,"
+                " started_at = excluded.started_at, last_seen = excluded.last_seen, machine = excluded.machine",
+                (rec.id, rec.host, rec.pid, queues, rec.concurrency, at, at, rec.machine))
         return None
 
-    def heartbeat(self, host: str, *, pid: int, now: float | None = None) -> None:
-        self._change(
-            f"INSERT INTO {self.prefix}hosts AS h (host, pid, started_at, last_seen)"
-            f" VALUES (?, ?, COALESCE(?, {self.clock_sql}), COALESCE(?, {self.clock_sql}))"
-            " ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, pid = excluded.pid,"
-            " started_at = CASE WHEN h.pid = excluded.pid THEN h.started_at ELSE excluded.started_at END",
-            (host, pid, now, now))
+    def heartbeat(self, worker_id: str, *, now: float | None = None) -> bool:
+        return self._change(f"UPDATE {self.prefix}workers SET last_seen = COALESCE(?, {self.clock_sql})"
+                            " WHERE id = ?", (now, worker_id)) == 1
 
-    def remove_host(self, host: str) -> None:
-        self._change(f"DELETE FROM {self.prefix}hosts WHERE host = ?", (host,))
+    def remove_worker(self, worker_id: str) -> None:
+        self._change(f"DELETE FROM {self.prefix}workers WHERE id = ?", (worker_id,))
 
-    def hosts(self) -> builtins.list[HostRecord]:
-        rows = self._fetch(f"SELECT host, pid, started_at, last_seen FROM {self.prefix}hosts"
-                           " ORDER BY last_seen DESC")
-        return [HostRecord(*r) for r in rows]
+    def workers(self) -> builtins.list[WorkerRecord]:
+        rows = self._fetch(f"SELECT {WORKER_COLUMNS} FROM {self.prefix}workers ORDER BY last_seen DESC, id")
+        return [row_to_worker(r) for r in rows]
+
+    # -- schedules -------------------------------------------------------------------------
+    def _schedule_row(self, name: str) -> ScheduleState | None:
+        rows = self._fetch(f"SELECT {SCHEDULE_COLUMNS} FROM {self.prefix}schedules WHERE name = ?", (name,))
+        return row_to_schedule(rows[0]) if rows else None
+
+    def sync_schedule(self, name: str, *, spec: str, next_at: float) -> ScheduleState:
+        with self._tx():
+            self._change(
+                f"INSERT INTO {self.prefix}schedules AS s (name, spec, next_at, paused, updated_at)"
+                f" VALUES (?, ?, ?, 0, {self.clock_sql})"
+                " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, next_at = excluded.next_at,"
+                " updated_at = excluded.updated_at WHERE s.spec <> excluded.spec",
+                (name, spec, next_at))
+            state = self._schedule_row(name)
+        assert state is not None  # inserted above, in this transaction
+        return state
+
+    def _record_run(self, name: str, job: NewJob) -> int:
+        """In a transaction: insert the schedule's run and remember it as its last."""
+        job_id = self._insert(job, JobStatus.PENDING, time.time(), wake=True)
+        self._change(f"UPDATE {self.prefix}schedules SET last_job_id = ?, last_at = ?,"
+                     f" updated_at = {self.clock_sql} WHERE name = ?", (job_id, job.scheduled_for, name))
+        return job_id
+
+    def fire_schedule(self, name: str, *, due: float, next_at: float, job: NewJob | None,
+                      skip_if_running: bool) -> FireResult:
+        with self._tx():
+            # The compare-and-set: of every process firing this occurrence, one moves next_at on.
+            won = self._fetch(
+                f"UPDATE {self.prefix}schedules SET next_at = ?, updated_at = {self.clock_sql}"
+                " WHERE name = ? AND next_at = ? AND paused = 0 RETURNING last_job_id",
+                (next_at, name, due))
+            if not won:
+                return FireResult(None, None)
+            last = won[0][0]
+            if skip_if_running and last is not None and self._fetch(
+                    f"SELECT 1 FROM {self.prefix}jobs WHERE id = ? AND status IN {CANCELLABLE_IN}", (last,)):
+                return FireResult(None, f"previous run {last} has not ended")
+            if job is None:
+                return FireResult(None, "disabled")
+            return FireResult(self._record_run(name, job), None)
+
+    def run_schedule_now(self, name: str, job: NewJob) -> int:
+        with self._tx():
+            self._change(f"INSERT INTO {self.prefix}schedules (name, spec, paused, updated_at)"
+                         f" VALUES (?, '', 0, {self.clock_sql}) ON CONFLICT (name) DO NOTHING", (name,))
+            return self._record_run(name, job)
+
+    def pause_schedule(self, name: str, *, paused: bool, next_at: float | None = None) -> bool:
+        with self._tx():
+            self._change(f"INSERT INTO {self.prefix}schedules (name, spec, paused, updated_at)"
+                         f" VALUES (?, '', ?, {self.clock_sql}) ON CONFLICT (name) DO NOTHING",
+                         (name, int(not paused)))
+            return self._change(
+                f"UPDATE {self.prefix}schedules SET next_at = COALESCE(?, next_at), paused = ?,"
+                f" updated_at = {self.clock_sql} WHERE name = ? AND paused <> ?",
+                (next_at, int(paused), name, int(paused))) == 1
+
+    def schedules(self) -> builtins.list[ScheduleState]:
+        rows = self._fetch(f"SELECT {SCHEDULE_COLUMNS} FROM {self.prefix}schedules ORDER BY name")
+        return [row_to_schedule(r) for r in rows]
+
+    def get_schedule(self, name: str) -> ScheduleState | None:
+        return self._schedule_row(name)
 
     # -- dashboard sessions ----------------------------------------------------------
     def revoke_session(self, session_id: str, *, until: float) -> None:

@@ -12,9 +12,20 @@ from __future__ import annotations
 import builtins
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from bgrunner.model import AttemptRecord, AuditEntry, HostRecord, JobRecord, JobStatus, NewJob
+from bgrunner.model import (
+    AttemptRecord,
+    AuditEntry,
+    FireResult,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    ScheduleState,
+    TargetLimit,
+    WorkerRecord,
+)
 
 
 class Notifications(Protocol):
@@ -62,6 +73,14 @@ class Store(ABC):
         """Record a job durably and return its id."""
 
     @abstractmethod
+    def create_unique(self, job: NewJob) -> tuple[int, bool]:
+        """Record ``job`` unless an active (pending, retrying, running) job holds its ``unique_key``.
+
+        (the new id, True), or (the holder's id, False). The database's unique index decides,
+        so concurrent submits of one key from any number of processes record exactly one job.
+        """
+
+    @abstractmethod
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         """Record a foreground job already claimed by this process (attempt 1 running)."""
 
@@ -78,6 +97,7 @@ class Store(ABC):
         search: str | None = None,
         before_id: int | None = None,
         limit: int = 50,
+        queue: str | None = None,
     ) -> builtins.list[JobRecord]:
         """Jobs newest first (id descending), keyset-paginated by ``before_id``."""
 
@@ -89,19 +109,33 @@ class Store(ABC):
     def counts(self) -> dict[str, int]:
         """Number of jobs per status (every status present, zeros included)."""
 
+    @abstractmethod
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Per queue holding jobs: the number per status (zeros included) and ``ready``.
+
+        ``ready``: waiting jobs (pending, or retrying handed back) whose ``run_at`` has come
+        on this host's clock.
+        """
+
     # -- claiming ------------------------------------------------------------
     @abstractmethod
-    def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
+    def claim_next(self, *, now: float, cap: int, host: str, worker: str | None = None,
+                   queues: Sequence[str] | None = None,
+                   limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
         """Claim the best ready job if fewer than ``cap`` are active.
 
-        Ready: pending or released-retrying, ``run_at <= now``. Order: priority
-        DESC, run_at ASC, id ASC. The claimed job becomes running with
-        ``attempts + 1`` and no pid yet (the launched process fills it in).
+        Ready: pending or released-retrying, ``run_at <= now``, in one of ``queues`` (None:
+        any). Order: priority DESC, run_at ASC, id ASC, among the jobs ``limits`` allow: a
+        target at its ``max_running`` active jobs (store-wide), or with ``rate`` starts within
+        the last ``per`` seconds (store clock), is passed over, not failed. The claimed job
+        becomes running with ``attempts + 1``, no pid yet (the launched process fills it
+        in) and ``worker`` set; a rate-limited target's start is logged. One atomic step.
         """
 
     @abstractmethod
-    def claim(self, job_id: int, *, now: float, cap: int, host: str) -> JobRecord | None:
-        """Claim this job if it is ready and fewer than ``cap`` are active."""
+    def claim(self, job_id: int, *, now: float, cap: int, host: str, worker: str | None = None,
+              limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
+        """Claim this job if it is ready, ``limits`` allow it and fewer than ``cap`` are active."""
 
     @abstractmethod
     def set_process(self, job_id: int, attempt: int, *, pid: int, pid_ctime: float) -> bool:
@@ -116,8 +150,8 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def next_run_at(self) -> float | None:
-        """The earliest ``run_at`` among ready-or-waiting jobs, or None."""
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
+        """The earliest ``run_at`` among ready-or-waiting jobs (of ``queues``; None: any), or None."""
 
     @abstractmethod
     def active(self) -> builtins.list[JobRecord]:
@@ -209,26 +243,65 @@ class Store(ABC):
     def expired_leases(self, *, timeout: float, now: float | None = None) -> builtins.list[JobRecord]:
         """Owned or claimed jobs whose lease is older than ``timeout`` seconds."""
 
-    # -- hosts (several workers on one store) ------------------------------------
+    # -- workers (several on one store, several per host) ------------------------------
     @abstractmethod
-    def register_host(self, host: str, *, pid: int, timeout: float,
-                      now: float | None = None) -> HostRecord | None:
-        """Register this worker under ``host``; the other live registration if one holds the id.
+    def register_worker(self, rec: WorkerRecord, *, timeout: float,
+                        now: float | None = None) -> WorkerRecord | None:
+        """Record this worker (``started_at`` and ``last_seen`` now on the store's clock).
 
-        Live: another pid seen within ``timeout``. A stale row is taken over.
+        Refused, returning it, if a live worker (seen within ``timeout``) has the same
+        ``host`` but another non-empty ``machine``: two machines sharing one host id.
         """
 
     @abstractmethod
-    def heartbeat(self, host: str, *, pid: int, now: float | None = None) -> None:
-        """Say this host's worker is alive (insert or update its row)."""
+    def heartbeat(self, worker_id: str, *, now: float | None = None) -> bool:
+        """Say this worker is alive. False: its row is gone (removed as stale): register again."""
 
     @abstractmethod
-    def remove_host(self, host: str) -> None:
-        """A worker that stops cleanly removes its row."""
+    def remove_worker(self, worker_id: str) -> None:
+        """A worker that stops cleanly (or one found stale) removes its row."""
 
     @abstractmethod
-    def hosts(self) -> builtins.list[HostRecord]:
-        """Hosts with a worker row, most recently seen first (``last_seen`` on the store's clock)."""
+    def workers(self) -> builtins.list[WorkerRecord]:
+        """Every worker row, most recently seen first (``last_seen`` on the store's clock)."""
+
+    # -- schedules (CONTRACT §11) -----------------------------------------------------------
+    @abstractmethod
+    def sync_schedule(self, name: str, *, spec: str, next_at: float) -> ScheduleState:
+        """Make the row match the configuration: inserted if missing; a changed ``spec`` restarts it.
+
+        A row whose ``spec`` differs gets ``spec`` and ``next_at``; paused stays as it was.
+        """
+
+    @abstractmethod
+    def fire_schedule(self, name: str, *, due: float, next_at: float, job: NewJob | None,
+                      skip_if_running: bool) -> FireResult:
+        """Fire the occurrence ``due``: exactly once across every process on the store.
+
+        One transaction: compare-and-set ``next_at`` from ``due`` to ``next_at`` on an unpaused
+        row; lost (or not due, paused, unknown): ``FireResult(None, None)``. Won: with
+        ``skip_if_running`` and the last run still active, skipped; ``job`` None, skipped as
+        "disabled"; else ``job`` is recorded as the schedule's last run.
+        """
+
+    @abstractmethod
+    def run_schedule_now(self, name: str, job: NewJob) -> int:
+        """Record ``job`` as the schedule's last run now (``next_at`` unchanged); its id."""
+
+    @abstractmethod
+    def pause_schedule(self, name: str, *, paused: bool, next_at: float | None = None) -> bool:
+        """Pause or resume (``next_at``, if given, set too); True if the paused flag changed.
+
+        A schedule no worker has synced yet gets a row (empty spec), so the pause holds.
+        """
+
+    @abstractmethod
+    def schedules(self) -> builtins.list[ScheduleState]:
+        """Every schedule row, by name."""
+
+    @abstractmethod
+    def get_schedule(self, name: str) -> ScheduleState | None:
+        """The schedule's row, or None."""
 
     # -- dashboard sessions ------------------------------------------------------
     @abstractmethod

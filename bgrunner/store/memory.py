@@ -17,11 +17,12 @@ None: callers poll.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,13 @@ from bgrunner.model import (
     STATUSES,
     AttemptRecord,
     AuditEntry,
-    HostRecord,
+    FireResult,
     JobRecord,
     JobStatus,
     NewJob,
+    ScheduleState,
+    TargetLimit,
+    WorkerRecord,
 )
 from bgrunner.store.base import Store
 
@@ -73,6 +77,11 @@ class _Row:
     retry_of: int | None = None
     unstarted: int = 0
     lease_at: float | None = None
+    queue: str = "default"
+    unique_key: str | None = None
+    schedule: str | None = None
+    scheduled_for: float | None = None
+    worker: str | None = None
 
     @property
     def active(self) -> bool:
@@ -94,7 +103,8 @@ class _Row:
             pid_ctime=self.pid_ctime, host=self.host, error=self.error, traceback=self.traceback,
             result=_decode(self.result), progress=_decode(self.progress),
             then=_decode(self.then_jobs) or [], parent_id=self.parent_id, retry_of=self.retry_of,
-            unstarted=self.unstarted, lease_at=self.lease_at,
+            unstarted=self.unstarted, lease_at=self.lease_at, queue=self.queue, unique_key=self.unique_key,
+            schedule=self.schedule, scheduled_for=self.scheduled_for, worker=self.worker,
         )
 
 
@@ -105,7 +115,10 @@ class _Tables:
     lock: threading.Lock = field(default_factory=threading.Lock)
     jobs: dict[int, _Row] = field(default_factory=dict)  # insertion order is id order
     attempts: dict[int, dict[int, AttemptRecord]] = field(default_factory=dict)
-    hosts: dict[str, HostRecord] = field(default_factory=dict)
+    workers: dict[str, WorkerRecord] = field(default_factory=dict)
+    schedules: dict[str, ScheduleState] = field(default_factory=dict)
+    #: Per rate-limited target, the store-clock times of its claims (the SQL ``starts`` table).
+    starts: dict[str, builtins.list[float]] = field(default_factory=dict)
     audit: builtins.list[AuditEntry] = field(default_factory=builtins.list)
     revoked: dict[str, float] = field(default_factory=dict)
     job_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -174,23 +187,44 @@ class MemoryStore(Store):
         return None if status == JobStatus.RETRYING and row.pid is None else row
 
     # -- submit and read -------------------------------------------------------
-    def _insert(self, job: NewJob, status: JobStatus, **extra: Any) -> int:
+    def _insert_locked(self, job: NewJob, status: JobStatus, **extra: Any) -> int:
+        """Insert the job's row (the caller holds the lock)."""
         now = time.time()
-        params = json.dumps(job.params)
-        then_jobs = json.dumps(job.then) if job.then else None
-        with self._t.lock:
-            job_id = next(self._t.job_ids)
-            self._t.jobs[job_id] = _Row(
-                id=job_id, target=job.target, method=job.method, params=params,
-                status=JobStatus(status), priority=job.priority, attempts=extra.pop("attempts", 0),
-                max_attempts=job.max_attempts, retry_delay=float(job.retry_delay),
-                timeout=float(job.timeout), run_at=float(job.run_at or now), created_at=now,
-                then_jobs=then_jobs, parent_id=job.parent_id, retry_of=job.retry_of, **extra,
-            )
+        job_id = next(self._t.job_ids)
+        self._t.jobs[job_id] = _Row(
+            id=job_id, target=job.target, method=job.method, params=json.dumps(job.params),
+            status=JobStatus(status), priority=job.priority, attempts=extra.pop("attempts", 0),
+            max_attempts=job.max_attempts, retry_delay=float(job.retry_delay),
+            timeout=float(job.timeout), run_at=float(job.run_at or now), created_at=now,
+            then_jobs=json.dumps(job.then) if job.then else None, parent_id=job.parent_id,
+            retry_of=job.retry_of, queue=job.queue, unique_key=job.unique_key, schedule=job.schedule,
+            scheduled_for=_float(job.scheduled_for), **extra,
+        )
         return job_id
+
+    def _insert(self, job: NewJob, status: JobStatus, **extra: Any) -> int:
+        json.dumps(job.params)  # unencodable params fail before anything is held
+        with self._t.lock:
+            if job.unique_key is not None and status in CANCELLABLE and self._holder(job.unique_key):
+                raise StoreError(f"a job holding unique key {job.unique_key!r} is still active")
+            return self._insert_locked(job, status, **extra)
+
+    def _holder(self, key: str) -> _Row | None:
+        """The active job holding ``key`` (the SQL stores' partial unique index); caller holds the lock."""
+        return next((r for r in self._t.jobs.values() if r.unique_key == key and r.status in CANCELLABLE), None)
 
     def create(self, job: NewJob, *, status: JobStatus = JobStatus.PENDING) -> int:
         return self._insert(job, status)
+
+    def create_unique(self, job: NewJob) -> tuple[int, bool]:
+        if not job.unique_key:
+            raise ValueError("create_unique() needs a job with a unique_key")
+        json.dumps(job.params)
+        with self._t.lock:
+            holder = self._holder(job.unique_key)
+            if holder is not None:
+                return holder.id, False
+            return self._insert_locked(job, JobStatus.PENDING), True
 
     def create_running(self, job: NewJob, *, pid: int, pid_ctime: float, host: str) -> int:
         now = time.time()
@@ -204,11 +238,12 @@ class MemoryStore(Store):
 
     def list(self, *, status: str | None = None, target: str | None = None,
              search: str | None = None, before_id: int | None = None,
-             limit: int = 50) -> builtins.list[JobRecord]:
+             limit: int = 50, queue: str | None = None) -> builtins.list[JobRecord]:
         needle = search.lower() if search else None
 
         def matches(row: _Row) -> bool:
-            return ((not status or row.status == status)
+            return ((not queue or row.queue == queue)
+                    and (not status or row.status == status)
                     and (not target or row.target == target)
                     and (before_id is None or row.id < before_id)
                     and (needle is None or needle in row.params.lower()
@@ -230,34 +265,69 @@ class MemoryStore(Store):
                 counts[row.status] = counts.get(row.status, 0) + 1
         return counts
 
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        now = time.time()
+        counts: dict[str, dict[str, int]] = {}
+        with self._t.lock:
+            for row in self._t.jobs.values():
+                per = counts.setdefault(row.queue, {**dict.fromkeys(STATUSES, 0), "ready": 0})
+                per[row.status] += 1
+                per["ready"] += row.waiting and row.run_at <= now
+        return counts
+
     # -- claiming ----------------------------------------------------------------
+    def _blocked(self, limits: Sequence[TargetLimit], rows: builtins.list[_Row], clock: float) -> set[str]:
+        """Targets at their cap of active jobs or their rate (caller holds the lock)."""
+        blocked: set[str] = set()
+        for lim in limits:
+            if lim.max_running is not None and sum(
+                    r.active for r in rows if r.target == lim.target) >= lim.max_running:
+                blocked.add(lim.target)
+            if lim.rate is not None and lim.per is not None and sum(
+                    at > clock - lim.per for at in self._t.starts.get(lim.target, ())) >= lim.rate:
+                blocked.add(lim.target)
+        return blocked
+
     def _claim(self, pick: Callable[[builtins.list[_Row]], _Row | None], *, now: float, cap: int,
-               host: str) -> JobRecord | None:
+               host: str, worker: str | None, limits: Sequence[TargetLimit]) -> JobRecord | None:
         """Count active, pick, update: one step under the lock, as SQL does in one transaction."""
         with self._t.lock:
             rows = builtins.list(self._t.jobs.values())
             if sum(row.active for row in rows) >= cap:
                 return None
-            row = pick([r for r in rows if r.waiting and r.run_at <= now])
+            clock = self.clock()
+            blocked = self._blocked(limits, rows, clock) if limits else set()
+            row = pick([r for r in rows if r.waiting and r.run_at <= now and r.target not in blocked])
             if row is None:
                 return None
             row.status, row.attempts, row.claimed_at = JobStatus.RUNNING, row.attempts + 1, float(now)
             row.started_at = float(now) if row.started_at is None else row.started_at
-            row.host, row.pid, row.pid_ctime = host, None, None
-            row.lease_at = self.clock()
+            row.host, row.worker, row.pid, row.pid_ctime = host, worker, None, None
+            row.lease_at = clock
+            windows = [float(lim.per) for lim in limits
+                       if lim.target == row.target and lim.rate is not None and lim.per is not None]
+            if windows:  # log the start; forget what no window needs
+                kept = [at for at in self._t.starts.get(row.target, ()) if at > clock - max(windows)]
+                self._t.starts[row.target] = [*kept, clock]
             return row.record()
 
-    def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
+    def claim_next(self, *, now: float, cap: int, host: str, worker: str | None = None,
+                   queues: Sequence[str] | None = None,
+                   limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
+        wanted = None if queues is None else set(queues)
+
         def best(ready: builtins.list[_Row]) -> _Row | None:
-            return min(ready, key=lambda r: (-r.priority, r.run_at, r.id), default=None)
+            return min((r for r in ready if wanted is None or r.queue in wanted),
+                       key=lambda r: (-r.priority, r.run_at, r.id), default=None)
 
-        return self._claim(best, now=now, cap=cap, host=host)
+        return self._claim(best, now=now, cap=cap, host=host, worker=worker, limits=limits)
 
-    def claim(self, job_id: int, *, now: float, cap: int, host: str) -> JobRecord | None:
+    def claim(self, job_id: int, *, now: float, cap: int, host: str, worker: str | None = None,
+              limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
         def this(ready: builtins.list[_Row]) -> _Row | None:
             return next((r for r in ready if r.id == job_id), None)
 
-        return self._claim(this, now=now, cap=cap, host=host)
+        return self._claim(this, now=now, cap=cap, host=host, worker=worker, limits=limits)
 
     def set_process(self, job_id: int, attempt: int, *, pid: int, pid_ctime: float) -> bool:
         with self._t.lock:
@@ -278,9 +348,11 @@ class MemoryStore(Store):
             row.started_at = row.started_at if later else None
             return True
 
-    def next_run_at(self) -> float | None:
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
+        wanted = None if queues is None else set(queues)
         with self._t.lock:
-            return min((row.run_at for row in self._t.jobs.values() if row.waiting), default=None)
+            return min((row.run_at for row in self._t.jobs.values()
+                        if row.waiting and (wanted is None or row.queue in wanted)), default=None)
 
     def active(self) -> builtins.list[JobRecord]:
         return self._select(lambda row: row.active)
@@ -371,7 +443,7 @@ class MemoryStore(Store):
             entries = (e for e in reversed(self._t.audit) if before_id is None or e.id < before_id)
             return _limited(entries, limit)
 
-    # -- the clock, leases and hosts ------------------------------------------------
+    # -- the clock and leases ------------------------------------------------
     def clock(self) -> float:
         return time.time()  # one process: its clock is the store's
 
@@ -388,30 +460,101 @@ class MemoryStore(Store):
         return self._select(lambda row: (row.active or (row.status == JobStatus.RUNNING and row.pid is None))
                             and (row.lease_at or row.claimed_at or 0.0) < limit)
 
-    def register_host(self, host: str, *, pid: int, timeout: float,
-                      now: float | None = None) -> HostRecord | None:
+    # -- workers -------------------------------------------------------------------
+    def register_worker(self, rec: WorkerRecord, *, timeout: float,
+                        now: float | None = None) -> WorkerRecord | None:
         with self._t.lock:
             at = self.clock() if now is None else float(now)
-            seen = self._t.hosts.get(host)
-            if seen is not None and seen.pid != pid and seen.last_seen >= at - timeout:
-                return seen
-            self._t.hosts[host] = HostRecord(host=host, pid=pid, started_at=at, last_seen=at)
+            clash = [w for w in self._t.workers.values() if w.host == rec.host and w.machine
+                     and w.machine != rec.machine and w.last_seen >= at - timeout]
+            if clash:
+                return max(clash, key=lambda w: w.last_seen)
+            queues = None if rec.queues is None else tuple(rec.queues)
+            self._t.workers[rec.id] = dataclasses.replace(rec, queues=queues, started_at=at, last_seen=at)
             return None
 
-    def heartbeat(self, host: str, *, pid: int, now: float | None = None) -> None:
+    def heartbeat(self, worker_id: str, *, now: float | None = None) -> bool:
         with self._t.lock:
+            seen = self._t.workers.get(worker_id)
+            if seen is None:
+                return False
             at = self.clock() if now is None else float(now)
-            seen = self._t.hosts.get(host)
-            started = seen.started_at if seen is not None and seen.pid == pid else at
-            self._t.hosts[host] = HostRecord(host=host, pid=pid, started_at=started, last_seen=at)
+            self._t.workers[worker_id] = dataclasses.replace(seen, last_seen=at)
+            return True
 
-    def remove_host(self, host: str) -> None:
+    def remove_worker(self, worker_id: str) -> None:
         with self._t.lock:
-            self._t.hosts.pop(host, None)
+            self._t.workers.pop(worker_id, None)
 
-    def hosts(self) -> builtins.list[HostRecord]:
+    def workers(self) -> builtins.list[WorkerRecord]:
         with self._t.lock:
-            return sorted(self._t.hosts.values(), key=lambda h: h.last_seen, reverse=True)
+            return sorted(self._t.workers.values(), key=lambda w: (-w.last_seen, w.id))
+
+    # -- schedules -------------------------------------------------------------------
+    def _placeholder(self, name: str, *, paused: bool = False) -> ScheduleState:
+        """The schedule's row, made (empty spec, no next_at) if no worker synced it yet; lock held."""
+        if name not in self._t.schedules:
+            self._t.schedules[name] = ScheduleState(name=name, next_at=None, paused=paused, spec="",
+                                                    last_at=None, last_job_id=None, updated_at=self.clock())
+        return self._t.schedules[name]
+
+    def sync_schedule(self, name: str, *, spec: str, next_at: float) -> ScheduleState:
+        with self._t.lock:
+            state = self._t.schedules.get(name)
+            if state is None:
+                state = ScheduleState(name=name, next_at=float(next_at), paused=False, spec=spec,
+                                      last_at=None, last_job_id=None, updated_at=self.clock())
+            elif state.spec != spec:
+                state = dataclasses.replace(state, spec=spec, next_at=float(next_at), updated_at=self.clock())
+            self._t.schedules[name] = state
+            return state
+
+    def _record_run(self, state: ScheduleState, job: NewJob) -> int:
+        job_id = self._insert_locked(job, JobStatus.PENDING)
+        self._t.schedules[state.name] = dataclasses.replace(
+            self._t.schedules[state.name], last_job_id=job_id, last_at=_float(job.scheduled_for),
+            updated_at=self.clock())
+        return job_id
+
+    def fire_schedule(self, name: str, *, due: float, next_at: float, job: NewJob | None,
+                      skip_if_running: bool) -> FireResult:
+        if job is not None:
+            json.dumps(job.params)
+        with self._t.lock:
+            state = self._t.schedules.get(name)
+            if state is None or state.paused or state.next_at != due:
+                return FireResult(None, None)
+            state = self._t.schedules[name] = dataclasses.replace(state, next_at=float(next_at),
+                                                                  updated_at=self.clock())
+            last = None if state.last_job_id is None else self._t.jobs.get(state.last_job_id)
+            if skip_if_running and last is not None and last.status in CANCELLABLE:
+                return FireResult(None, f"previous run {last.id} has not ended")
+            if job is None:
+                return FireResult(None, "disabled")
+            return FireResult(self._record_run(state, job), None)
+
+    def run_schedule_now(self, name: str, job: NewJob) -> int:
+        json.dumps(job.params)
+        with self._t.lock:
+            return self._record_run(self._placeholder(name), job)
+
+    def pause_schedule(self, name: str, *, paused: bool, next_at: float | None = None) -> bool:
+        with self._t.lock:
+            state = self._placeholder(name, paused=not paused)
+            if state.paused == paused:
+                return False
+            self._t.schedules[name] = dataclasses.replace(
+                state, paused=paused, next_at=state.next_at if next_at is None else float(next_at),
+                updated_at=self.clock())
+            return True
+
+    def schedules(self) -> builtins.list[ScheduleState]:
+        with self._t.lock:
+            return [self._t.schedules[name] for name in sorted(self._t.schedules)]
+
+    def get_schedule(self, name: str) -> ScheduleState | None:
+        with self._t.lock:
+            return self._t.schedules.get(name)
 
     # -- dashboard sessions ------------------------------------------------------------
     def revoke_session(self, session_id: str, *, until: float) -> None:

@@ -31,7 +31,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote
@@ -40,7 +40,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bgrunner.errors import StoreError
-from bgrunner.model import JobRecord
+from bgrunner.model import JobRecord, TargetLimit
 from bgrunner.store._sql import (
     ACTIVE_WHERE,
     COLUMNS,
@@ -49,11 +49,13 @@ from bgrunner.store._sql import (
     READY_WHERE,
     Row,
     SqlStore,
+    effective_limits,
     row_to_record,
 )
 from bgrunner.store.base import Store
 
-SCHEMA_VERSION = 3
+#: 4: queues, unique keys, schedules, workers, per-target limits (3 schemas gain them on open).
+SCHEMA_VERSION = 4
 DEFAULT_SCHEMA = "bgrunner"
 #: Logical channel woken when a job may have become claimable.
 JOBS_CHANNEL = "bgrunner_jobs"
@@ -152,10 +154,13 @@ class PostgresStore(SqlStore):
     int_type = "BIGINT"  # SQLite's INTEGER is 64-bit
     real_type = "DOUBLE PRECISION"
     clock_sql = "extract(epoch from clock_timestamp())::float8"
-    # jobs_active serves the cap count inside every claim.
+    # jobs_active_target (shared) serves the cap count inside every claim and the per-target
+    # counts of limits; the older jobs_active on (id) made those scan every active job per target.
+    # jobs_ready_at serves next_run_at (a min() over the ready partial index).
     extra_ddl = (
-        "CREATE INDEX IF NOT EXISTS jobs_active ON {p}jobs (id)"
-        " WHERE status = 'running' OR (status = 'retrying' AND pid IS NOT NULL)",
+        "DROP INDEX IF EXISTS {p}jobs_active",
+        "CREATE INDEX IF NOT EXISTS jobs_ready_at ON {p}jobs (run_at)"
+        " WHERE status IN ('pending', 'retrying') AND pid IS NULL",
     )
 
     def __init__(self, url: str) -> None:
@@ -257,7 +262,8 @@ class PostgresStore(SqlStore):
                 version = self._read_version(conn)
                 self._check_version(version)
                 if version != SCHEMA_VERSION:
-                    for statement in (*self._schema_statements(), *self._column_additions(None)):
+                    for statement in (*self._schema_statements(), *self._column_additions(None),
+                                      *self._index_statements()):
                         conn.execute(statement)
                     conn.execute(
                         f"INSERT INTO {self.meta} (key, value) VALUES ('schema_version', %s)"
@@ -298,39 +304,61 @@ class PostgresStore(SqlStore):
     def _wake_cancelled(self, job_id: int) -> None:
         self.notify(CANCEL_CHANNEL, str(job_id))
 
+    def _serialise(self, purpose: str) -> None:
+        self._fetch("SELECT pg_advisory_xact_lock(?)", (lock_key(purpose, self.schema),))
+
     # -- claiming ------------------------------------------------------------------
-    def _claim_where(self, pick_where: str, pick_args: tuple[Any, ...],
-                     now: float, cap: int, host: str) -> JobRecord | None:
+    def _claim_where(self, pick_where: str, pick_args: tuple[Any, ...], *, now: float, cap: int, host: str,
+                     worker: str | None, limits: Sequence[TargetLimit]) -> JobRecord | None:
         # Two statements sent as one simple query, which PostgreSQL runs as one implicit
         # transaction: the advisory lock is held until its commit, and being its own
         # statement, the UPDATE's READ COMMITTED snapshot is taken after the lock is
         # granted, so the count sees every claim committed before this one. One round
         # trip also keeps the serialising lock held as briefly as possible. The cap test
-        # sits inside the pick: at the cap no ready row is even locked.
-        jobs = f"{self.prefix}jobs"
+        # sits inside the pick: at the cap no ready row is even locked. With limits, the
+        # blocked targets are counted in the same statement (so under the same lock), and
+        # a rate-limited target's start is logged by a data-modifying CTE of it.
+        jobs, starts = f"{self.prefix}jobs", f"{self.prefix}starts"
+        limits = effective_limits(limits)
+        claim = (f"UPDATE {jobs} SET status = 'running', attempts = attempts + 1,"
+                 " claimed_at = %s, started_at = COALESCE(started_at, %s), host = %s, worker = %s,"
+                 f" pid = NULL, pid_ctime = NULL, lease_at = {self.clock_sql}"
+                 f" WHERE id = (SELECT id FROM {jobs} WHERE {pick_where}"
+                 f"{' AND target NOT IN (SELECT target FROM blocked)' if limits else ''}"
+                 f" AND (SELECT count(*) FROM {jobs} WHERE {ACTIVE_WHERE}) < %s"
+                 " ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                 f" RETURNING {COLUMNS}")
+        args: tuple[Any, ...] = (now, now, host, worker, *pick_args, cap)
+        if limits:
+            cte, cte_args = self._blocked_cte(limits)
+            claim = (f"{self._dialect(cte)}, claimed AS ({claim}),"
+                     " rated AS (SELECT target, max(per) AS per FROM lim WHERE rate IS NOT NULL GROUP BY target),"
+                     f" pruned AS (DELETE FROM {starts} s USING claimed c, rated r"
+                     f" WHERE s.target = c.target AND r.target = c.target AND s.at <= {self.clock_sql} - r.per),"
+                     f" logged AS (INSERT INTO {starts} (target, at) SELECT c.target, {self.clock_sql}"
+                     " FROM claimed c JOIN rated r ON r.target = c.target)"
+                     f" SELECT {COLUMNS} FROM claimed")
+            args = (*cte_args, *args)
         with self._db() as conn:
             cur = psycopg.ClientCursor(conn)  # client-side binding: multi-statement allowed
-            cur.execute(
-                "SELECT pg_advisory_xact_lock(%s);"
-                f" UPDATE {jobs} SET status = 'running', attempts = attempts + 1,"
-                " claimed_at = %s, started_at = COALESCE(started_at, %s), host = %s,"
-                f" pid = NULL, pid_ctime = NULL, lease_at = {self.clock_sql}"
-                f" WHERE id = (SELECT id FROM {jobs} WHERE {pick_where}"
-                f" AND (SELECT count(*) FROM {jobs} WHERE {ACTIVE_WHERE}) < %s"
-                " ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {COLUMNS}",
-                (self._claim_key, now, now, host, *pick_args, cap),
-            )
+            cur.execute(f"SELECT pg_advisory_xact_lock(%s); {claim}", (self._claim_key, *args))
             cur.nextset()
             row = cur.fetchone()
         return None if row is None else row_to_record(row)
 
-    def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
-        return self._claim_where(f"{READY_WHERE} AND run_at <= %s", (now,), now, cap, host)
+    def claim_next(self, *, now: float, cap: int, host: str, worker: str | None = None,
+                   queues: Sequence[str] | None = None,
+                   limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
+        where, args = f"{READY_WHERE} AND run_at <= %s", (now,)
+        if queues is not None:
+            in_queues, queue_args = self._in_list("queue", queues)
+            where, args = where + self._dialect(in_queues), args + queue_args
+        return self._claim_where(where, args, now=now, cap=cap, host=host, worker=worker, limits=limits)
 
-    def claim(self, job_id: int, *, now: float, cap: int, host: str) -> JobRecord | None:
-        return self._claim_where(f"id = %s AND {READY_WHERE} AND run_at <= %s",
-                                 (job_id, now), now, cap, host)
+    def claim(self, job_id: int, *, now: float, cap: int, host: str, worker: str | None = None,
+              limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
+        return self._claim_where(f"id = %s AND {READY_WHERE} AND run_at <= %s", (job_id, now),
+                                 now=now, cap=cap, host=host, worker=worker, limits=limits)
 
     # -- housekeeping ----------------------------------------------------------------
     def prune(self, *, finished_before: float) -> builtins.list[int]:

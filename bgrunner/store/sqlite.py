@@ -13,15 +13,26 @@ import builtins
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from bgrunner.errors import StoreError
-from bgrunner.model import JobRecord, JobStatus, NewJob
-from bgrunner.store._sql import ACTIVE_WHERE, COLUMNS, FINAL_IN, META_DDL, READY_WHERE, Row, SqlStore
+from bgrunner.model import JobRecord, JobStatus, NewJob, TargetLimit
+from bgrunner.store._sql import (
+    ACTIVE_WHERE,
+    COLUMNS,
+    FINAL_IN,
+    META_DDL,
+    READY_WHERE,
+    Row,
+    SqlStore,
+    effective_limits,
+    rate_windows,
+)
 
-SCHEMA_VERSION = 4
+#: 5: queues, unique keys, schedules, workers, per-target limits (4 stores gain them on open).
+SCHEMA_VERSION = 5
 
 
 #: How long (s) a statement waits for another process's lock before it fails (``?timeout=``).
@@ -150,7 +161,7 @@ class SQLiteStore(SqlStore):
                 for statement in (META_DDL.format(p=""), *self._schema_statements()):
                     conn.execute(statement)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-                for statement in self._column_additions(columns):
+                for statement in (*self._column_additions(columns), *self._index_statements()):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -213,28 +224,75 @@ class SQLiteStore(SqlStore):
         finally:
             self._change("PRAGMA synchronous = NORMAL")
 
+    def create_unique(self, job: NewJob) -> tuple[int, bool]:
+        """As `create`: on disk before the id is returned (``BEGIN IMMEDIATE`` makes it one step)."""
+        self._change("PRAGMA synchronous = FULL")
+        try:
+            return super().create_unique(job)
+        finally:
+            self._change("PRAGMA synchronous = NORMAL")
+
     # -- claiming ----------------------------------------------------------------
-    def _claim_where(self, pick_sql: str, pick_args: tuple[Any, ...],
-                     now: float, cap: int, host: str) -> JobRecord | None:
+    def _claim_where(self, where: str, args: tuple[Any, ...], *, ordered: bool, now: float, cap: int,
+                     host: str, worker: str | None, limits: Sequence[TargetLimit],
+                     queues: Sequence[str] | None = None) -> JobRecord | None:
+        """Count active, pick the best ready job ``where`` allows (and ``limits``), claim it: one transaction."""
+        limits = effective_limits(limits)
         with self._tx():
             if self._fetch(f"SELECT count(*) FROM jobs WHERE {ACTIVE_WHERE}")[0][0] >= cap:
                 return None
-            return self._one(
+            if limits:  # counted first, in this transaction: a claim elsewhere cannot slip in between
+                cte, cte_args = self._blocked_cte(limits)
+                blocked = [r[0] for r in self._fetch(f"{cte}SELECT target FROM blocked", cte_args)]
+                if blocked:
+                    where += f" AND target NOT IN ({', '.join('?' * len(blocked))})"
+                    args = (*args, *blocked)
+            pick, pick_args = self._pick(where, args, ordered=ordered, queues=queues)
+            record = self._one(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_at = ?,"
-                " started_at = COALESCE(started_at, ?), host = ?, pid = NULL, pid_ctime = NULL,"
+                " started_at = COALESCE(started_at, ?), host = ?, worker = ?, pid = NULL, pid_ctime = NULL,"
                 f" lease_at = {self.clock_sql}"
-                f" WHERE id = ({pick_sql}) RETURNING {COLUMNS}",
-                (now, now, host, *pick_args),
+                f" WHERE id = ({pick}) RETURNING {COLUMNS}",
+                (now, now, host, worker, *pick_args),
             )
+            window = rate_windows(limits).get(record.target) if record is not None else None
+            if record is not None and window is not None:  # log the start; forget what no window needs
+                self._change(f"DELETE FROM starts WHERE target = ? AND at <= {self.clock_sql} - ?",
+                             (record.target, window))
+                self._change(f"INSERT INTO starts (target, at) VALUES (?, {self.clock_sql})", (record.target,))
+            return record
 
-    def claim_next(self, *, now: float, cap: int, host: str) -> JobRecord | None:
-        pick = (f"SELECT id FROM jobs{self._indexed_by('jobs_ready')} WHERE {READY_WHERE} AND run_at <= ?"
-                " ORDER BY priority DESC, run_at, id LIMIT 1")
-        return self._claim_where(pick, (now,), now, cap, host)
+    def _pick(self, where: str, args: tuple[Any, ...], *, ordered: bool,
+              queues: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of the job to claim, with the index that answers it in a few steps."""
+        order = " ORDER BY priority DESC, run_at, id LIMIT 1"
+        if queues is not None and len(queues) > 1:
+            # The best job of each queue (its first allowed entry in jobs_ready_queue), then the
+            # best of those: bounded by the number of queues, never by what other queues hold.
+            each = (f"SELECT * FROM (SELECT id, priority, run_at FROM jobs{self._indexed_by('jobs_ready_queue')}"
+                    f" WHERE {where} AND queue = ?{order})")
+            return (f"SELECT id FROM ({' UNION ALL '.join([each] * len(queues))}){order}",
+                    tuple(a for queue in queues for a in (*args, queue)))
+        if queues is not None:
+            table = f"jobs{self._indexed_by('jobs_ready_queue')}"
+            return f"SELECT id FROM {table} WHERE {where} AND queue = ?{order}", (*args, *queues)
+        if ordered:
+            return f"SELECT id FROM jobs{self._indexed_by('jobs_ready')} WHERE {where}{order}", args
+        return f"SELECT id FROM jobs WHERE {where}", args
 
-    def claim(self, job_id: int, *, now: float, cap: int, host: str) -> JobRecord | None:
-        pick = f"SELECT id FROM jobs WHERE id = ? AND {READY_WHERE} AND run_at <= ?"
-        return self._claim_where(pick, (job_id, now), now, cap, host)
+    def claim_next(self, *, now: float, cap: int, host: str, worker: str | None = None,
+                   queues: Sequence[str] | None = None,
+                   limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
+        if queues is not None and not queues:
+            return None  # serves no queue
+        return self._claim_where(f"{READY_WHERE} AND run_at <= ?", (now,), ordered=True, now=now, cap=cap,
+                                 host=host, worker=worker, limits=limits,
+                                 queues=None if queues is None else builtins.list(dict.fromkeys(queues)))
+
+    def claim(self, job_id: int, *, now: float, cap: int, host: str, worker: str | None = None,
+              limits: Sequence[TargetLimit] = ()) -> JobRecord | None:
+        return self._claim_where(f"id = ? AND {READY_WHERE} AND run_at <= ?", (job_id, now), ordered=False,
+                                 now=now, cap=cap, host=host, worker=worker, limits=limits)
 
     # -- housekeeping ----------------------------------------------------------------
     def prune(self, *, finished_before: float) -> builtins.list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bgrunner.errors import StoreError
-from bgrunner.model import STATUSES, JobStatus, NewJob
+from bgrunner.model import STATUSES, JobStatus, NewJob, WorkerRecord
 from bgrunner.store.base import Store
 from bgrunner.store.factory import open_store
 from bgrunner.store.memory import drop_memory_store
@@ -568,21 +568,31 @@ def test_returned_records_are_copies(store: Store) -> None:
     assert len(store.attempts(job_id)) == 1
 
 
-def test_heartbeat_keeps_started_at_while_the_pid_is_the_same(store: Store) -> None:
-    """heartbeat inserts or updates a host's row; a new pid restarts it; hosts() is most recent first."""
-    assert store.hosts() == []
-    store.heartbeat("h1", pid=10, now=100.0)
-    store.heartbeat("h2", pid=20, now=105.0)
-    store.heartbeat("h1", pid=10, now=110.0)
-    assert [(h.host, h.pid, h.started_at, h.last_seen) for h in store.hosts()] == [
-        ("h1", 10, 100.0, 110.0), ("h2", 20, 105.0, 105.0)]
-    store.heartbeat("h1", pid=11, now=120.0)  # the worker was restarted
-    store.heartbeat("h2", pid=20, now=130.0)
-    assert [(h.host, h.pid, h.started_at, h.last_seen) for h in store.hosts()] == [
-        ("h2", 20, 105.0, 130.0), ("h1", 11, 120.0, 120.0)]
-    store.remove_host("h2")
-    store.remove_host("never-seen")
-    assert [h.host for h in store.hosts()] == ["h1"]
+def worker(worker_id: str, host: str = "h1", *, pid: int = 10, machine: str = "m1",
+           queues: tuple[str, ...] | None = None, concurrency: int = 4) -> WorkerRecord:
+    return WorkerRecord(id=worker_id, host=host, pid=pid, queues=queues, concurrency=concurrency,
+                        started_at=0.0, last_seen=0.0, machine=machine)
+
+
+def test_workers_register_heartbeat_and_leave(store: Store) -> None:
+    """register_worker records the worker at the given time; heartbeat moves last_seen; workers() newest first."""
+    assert store.workers() == []
+    assert store.register_worker(worker("w1", queues=("a", "b")), timeout=30, now=100.0) is None
+    assert store.register_worker(worker("w2", concurrency=2), timeout=30, now=105.0) is None
+    assert store.heartbeat("w1", now=110.0)
+    assert [(w.id, w.host, w.pid, w.queues, w.concurrency, w.started_at, w.last_seen, w.machine)
+            for w in store.workers()] == [("w1", "h1", 10, ("a", "b"), 4, 100.0, 110.0, "m1"),
+                                          ("w2", "h1", 10, None, 2, 105.0, 105.0, "m1")]
+    assert store.workers()[0].serves("a") and not store.workers()[0].serves("c")
+    assert store.workers()[1].serves("anything")
+    store.remove_worker("w1")
+    store.remove_worker("never-seen")
+    assert not store.heartbeat("w1", now=120.0)  # its row is gone: the caller registers again
+    assert [w.id for w in store.workers()] == ["w2"]
+    # Registering an id again (a restarted worker) replaces the row and restarts it.
+    assert store.register_worker(worker("w2", pid=11, queues=("q",)), timeout=30, now=130.0) is None
+    (again,) = store.workers()
+    assert (again.pid, again.queues, again.started_at, again.last_seen) == (11, ("q",), 130.0, 130.0)
 
 
 def test_the_store_clock_is_the_databases(store: Store) -> None:
@@ -590,22 +600,28 @@ def test_the_store_clock_is_the_databases(store: Store) -> None:
     assert abs(store.clock() - time.time()) < 5
 
 
-def test_heartbeat_without_a_time_uses_the_store_clock(store: Store) -> None:
+def test_workers_without_a_time_use_the_store_clock(store: Store) -> None:
     before = store.clock()
-    store.heartbeat("h1", pid=10)
-    (row,) = store.hosts()
-    assert before - 0.01 <= row.last_seen <= store.clock() + 0.01
+    assert store.register_worker(worker("w1"), timeout=30) is None
+    (row,) = store.workers()
+    assert before - 0.01 <= row.started_at == row.last_seen <= store.clock() + 0.01
+    assert store.heartbeat("w1")
+    (row,) = store.workers()
+    assert row.started_at <= row.last_seen <= store.clock() + 0.01
 
 
-def test_register_host_refuses_a_second_live_registration_of_one_id(store: Store) -> None:
-    """A live row under the id (another pid, seen within the timeout) is returned; a stale one is taken over."""
+def test_register_worker_refuses_a_host_id_live_on_another_machine(store: Store) -> None:
+    """A live worker of the same host on another (known) machine is returned; others never clash."""
     now = store.clock()
-    assert store.register_host("h", pid=10, timeout=30, now=now) is None
-    other = store.register_host("h", pid=11, timeout=30, now=now + 5)
-    assert other is not None and other.pid == 10
-    assert store.register_host("h", pid=10, timeout=30, now=now + 6) is None  # itself again
-    assert store.register_host("h", pid=11, timeout=30, now=now + 40) is None  # 10 went silent
-    assert [(h.host, h.pid) for h in store.hosts()] == [("h", 11)]
+    assert store.register_worker(worker("w1", "h", machine="m1"), timeout=30, now=now) is None
+    clash = store.register_worker(worker("w2", "h", machine="m2"), timeout=30, now=now + 5)
+    assert clash is not None and (clash.id, clash.machine) == ("w1", "m1")
+    assert store.register_worker(worker("w3", "h", machine="m1"), timeout=30, now=now + 6) is None  # same machine
+    assert store.register_worker(worker("w4", "other", machine="m2"), timeout=30, now=now + 7) is None
+    assert store.register_worker(worker("w5", "h", machine="m2"), timeout=30, now=now + 40) is None  # m1 silent
+    assert store.register_worker(worker("w6", "g", machine=""), timeout=30, now=now + 41) is None
+    assert store.register_worker(worker("w7", "g", machine="m9"), timeout=30, now=now + 42) is None  # unknown one
+    assert sorted(w.id for w in store.workers()) == ["w1", "w3", "w4", "w5", "w6", "w7"]
 
 
 def test_leases_expire_on_the_store_clock(store: Store) -> None:
