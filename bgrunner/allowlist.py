@@ -20,7 +20,7 @@ from bgrunner import bounds
 from bgrunner.errors import ConfigError, JobError, NotAllowedError, UsageError
 
 if TYPE_CHECKING:
-    from bgrunner.model import JobRecord
+    from bgrunner.model import JobRecord, TargetLimit
 
 BACKOFFS = ("fixed", "exponential")
 LAUNCH_METHODS = ("spawn", "fork")
@@ -150,6 +150,49 @@ def _retry_on(value: object) -> Mapping[str, int]:
     return MappingProxyType(table)
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """``rate_limit = "N/s"``: at most ``count`` starts per ``per`` seconds, across the store."""
+
+    count: int
+    per: float
+    text: str
+
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"\s*([0-9]{1,9})\s*/\s*([smh])\s*")
+
+
+def _queue(value: object) -> str:
+    try:
+        return bounds.check_queue(value, what="value")
+    except UsageError:
+        raise _Invalid(f"expected a queue name (letters, digits, _ and -, at most 64), got {_show(value)}"
+                       ) from None
+
+
+def _rate_limit(value: object) -> RateLimit | None:
+    if value is None or isinstance(value, RateLimit):
+        return value
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) < 1:
+        raise _Invalid(f'expected "N/s", "N/m" or "N/h" with N >= 1, got {_show(value)}')
+    count, unit = int(match.group(1)), match.group(2)
+    return RateLimit(count, _RATE_UNITS[unit], f"{count}/{unit}")
+
+
+def _optional(check: Callable[[object], object]) -> Callable[[object], object]:
+    """A checker that also takes None (the default: no limit)."""
+    return lambda value: None if value is None else check(value)
+
+
+def _positive_seconds(value: object) -> float:
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise _Invalid(f"expected a number of seconds > 0, got {_shown(value)}")
+    return seconds
+
+
 _POLICY_CHECKS: dict[str, Callable[[object], object]] = {
     "max_attempts": _int_at_least(1),
     "retry_delay": _seconds,
@@ -157,6 +200,11 @@ _POLICY_CHECKS: dict[str, Callable[[object], object]] = {
     "max_retry_delay": _seconds,
     "timeout": _seconds,
     "retry_on": _retry_on,
+    "queue": _queue,
+    "max_running": _optional(_int_at_least(1)),
+    "rate_limit": _rate_limit,
+    "memory_limit_mb": _optional(_int_at_least(1, 1 << 40)),
+    "cpu_limit_s": _optional(_positive_seconds),
 }
 
 _RUNNER_CHECKS: dict[str, Callable[[object], object]] = {
@@ -201,6 +249,16 @@ class Policy:
     max_retry_delay: float = 300.0
     timeout: float = 0.0
     retry_on: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: The queue a target's jobs go to unless a submit names another (CONTRACT §10).
+    queue: str = "default"
+    #: At most this many of the target's jobs running at once, across the store; None: no limit.
+    max_running: int | None = None
+    #: At most so many starts per window, across the store; None: no limit.
+    rate_limit: RateLimit | None = None
+    #: The attempt's process tree may use at most this much memory (RSS, MB); None: no limit.
+    memory_limit_mb: int | None = None
+    #: CPU seconds per attempt, its process tree included; None: no limit.
+    cpu_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse bad values however the policy was built (config, API overrides, tests)."""
@@ -267,6 +325,27 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class ScheduleSpec:
+    """One ``[schedules.NAME]`` entry (CONTRACT §11): what to run, and when.
+
+    ``policy`` is the target's policy with the schedule's own overrides (queue,
+    max_attempts, retry_delay, timeout); a fired run is an ordinary job of the target.
+    """
+
+    name: str
+    target: str
+    method: str
+    params: list[object] | dict[str, object]
+    cron: str | None
+    every: float | None
+    timezone: str
+    overlap: str
+    enabled: bool
+    priority: int
+    policy: Policy
+
+
+@dataclass(frozen=True)
 class Config:
     """A loaded, fully validated allowlist; `check()` is the only gate to running code."""
 
@@ -274,10 +353,23 @@ class Config:
     defaults: Policy = field(default_factory=Policy)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     jobs: Mapping[str, JobSpec] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    schedules: Mapping[str, ScheduleSpec] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
-        """Freeze the jobs table so a shared Config cannot be widened at run time."""
+        """Freeze the tables so a shared Config cannot be widened at run time."""
         object.__setattr__(self, "jobs", MappingProxyType(dict(self.jobs)))
+        object.__setattr__(self, "schedules", MappingProxyType(dict(self.schedules)))
+
+    def limits(self) -> tuple[TargetLimit, ...]:
+        """The targets with a ``max_running`` or ``rate_limit``: what every claim must respect."""
+        from bgrunner.model import TargetLimit
+
+        return tuple(
+            TargetLimit(spec.target, spec.policy.max_running,
+                        spec.policy.rate_limit.count if spec.policy.rate_limit else None,
+                        spec.policy.rate_limit.per if spec.policy.rate_limit else None)
+            for spec in self.jobs.values()
+            if spec.policy.max_running is not None or spec.policy.rate_limit is not None)
 
     __reduce__ = _reduce
 
@@ -331,8 +423,12 @@ def resolve_import_root(value: str, config_path: str) -> str:
     return os.path.normpath(os.path.join(project_folder(config_path), os.path.expanduser(value)))
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the allowlist file; any problem is a one-line ConfigError."""
+def load_config(path: str | os.PathLike[str], *, check_schedules: bool = True) -> Config:
+    """Read and validate the allowlist file; any problem is a one-line ConfigError.
+
+    ``check_schedules`` False (a job process) leaves schedules' cron expressions and
+    timezones unparsed; everything else is checked the same.
+    """
     name = os.fspath(path)
     try:
         with open(name, "rb") as fh:
@@ -347,10 +443,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not valid UTF-8: {exc.reason} at byte {exc.start}") from None
-    return parse_config(text, name)
+    return parse_config(text, name, check_schedules=check_schedules)
 
 
-def parse_config(text: str, path: str) -> Config:
+def parse_config(text: str, path: str, *, check_schedules: bool = True) -> Config:
     """Validate allowlist TOML text; `path` only names the file in errors and messages.
 
     A job's own `retry_on` table replaces the `[defaults.retry_on]` table rather than
@@ -362,7 +458,7 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{path}: invalid TOML: {str(exc).split(';')[0]}") from None
-    _reject_unknown(path, (), doc, ("defaults", "runner", "jobs"))
+    _reject_unknown(path, (), doc, ("defaults", "runner", "jobs", "schedules"))
     policy_values = _checked_table(path, ("defaults",), doc.get("defaults", {}), _POLICY_CHECKS)
     defaults = Policy(**policy_values)  # type: ignore[arg-type]
     runner_values = _checked_table(path, ("runner",), doc.get("runner", {}), _RUNNER_CHECKS)
@@ -376,7 +472,12 @@ def parse_config(text: str, path: str) -> Config:
     if not isinstance(jobs_table, dict):
         raise _config_error(path, ("jobs",), f"expected a table, got {_show(jobs_table)}")
     jobs = {key: _job_spec(path, key, value, defaults) for key, value in jobs_table.items()}
-    return Config(path=path, defaults=defaults, runner=runner, jobs=jobs)
+    schedules_table = doc.get("schedules", {})
+    if not isinstance(schedules_table, dict):
+        raise _config_error(path, ("schedules",), f"expected a table, got {_show(schedules_table)}")
+    schedules = {name: _schedule_spec(path, name, value, jobs, check_schedules)
+                 for name, value in schedules_table.items()}
+    return Config(path=path, defaults=defaults, runner=runner, jobs=jobs, schedules=schedules)
 
 
 def _job_spec(path: str, target: str, table: object, defaults: Policy) -> JobSpec:
@@ -408,6 +509,97 @@ def _methods(value: object) -> tuple[str, ...]:
 
 
 _JOB_CHECKS: dict[str, Callable[[object], object]] = {**_POLICY_CHECKS, "methods": _methods}
+
+_SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+OVERLAPS = ("skip", "allow")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _schedule_params(value: object) -> object:
+    if not isinstance(value, list | dict):
+        raise _Invalid(f"expected a list or a table, got {_show(value)}")
+    try:
+        bounds.check_params(value)
+    except UsageError as exc:
+        raise _Invalid(str(exc)) from None
+    return value
+
+
+def _priority(value: object) -> int:
+    try:
+        return bounds.check_int(value, what="value")
+    except UsageError:
+        raise _Invalid(f"expected an integer, got {_shown(value)}") from None
+
+
+def _every(value: object) -> float:
+    seconds = _positive_seconds(value)
+    if seconds < 1:
+        raise _Invalid(f"expected at least 1 second, got {_shown(value)}")
+    return seconds
+
+
+_SCHEDULE_CHECKS: dict[str, Callable[[object], object]] = {
+    "target": _text,
+    "method": _text,
+    "params": _schedule_params,
+    "cron": _text,
+    "every": _every,
+    "timezone": _text,
+    "overlap": _one_of(*OVERLAPS),
+    "enabled": _boolean,
+    "priority": _priority,
+    **{key: _POLICY_CHECKS[key] for key in ("queue", "max_attempts", "retry_delay", "timeout")},
+}
+
+
+def _schedule_spec(path: str, name: str, table: object, jobs: Mapping[str, JobSpec],
+                   check_timing: bool = True) -> ScheduleSpec:
+    """One ``[schedules.NAME]`` entry, checked against the allowlist and the cron parser."""
+    where = ("schedules", name)
+    if not _SCHEDULE_NAME.fullmatch(name):
+        raise _config_error(path, where, "invalid schedule name: use letters, digits, '_', '-', '.'"
+                            " (at most 64)")
+    values = _checked_table(path, where, table, _SCHEDULE_CHECKS)
+    for key in ("target", "method"):
+        if key not in values:
+            raise _config_error(path, (*where, key), "missing")
+    target, method = str(values.pop("target")), str(values.pop("method"))
+    spec = jobs.get(target)
+    if spec is None:
+        raise _config_error(path, (*where, "target"), f"{target!r} is not in the allowlist [jobs]")
+    if method not in spec.methods:
+        raise _config_error(path, (*where, "method"),
+                            f"{method!r} is not an allowed method of {target!r}"
+                            f" (allowed: {', '.join(spec.methods)})")
+    cron_expr, every = values.pop("cron", None), values.pop("every", None)
+    if (cron_expr is None) == (every is None):
+        raise _config_error(path, where, "set exactly one of cron and every")
+    timezone = str(values.pop("timezone", "UTC"))
+    if check_timing:
+        from bgrunner import cron  # the cron parser is only needed where schedules are
+
+        for key, expr, zone in (("timezone", None, timezone),
+                                ("cron", None if cron_expr is None else str(cron_expr), "UTC")):
+            try:
+                cron.check(expr, zone)
+            except ValueError as exc:
+                raise _config_error(path, (*where, key), str(exc)) from None
+    overrides = {k: values.pop(k) for k in ("queue", "max_attempts", "retry_delay", "timeout") if k in values}
+    return ScheduleSpec(
+        name=name, target=target, method=method,
+        params=values.pop("params", []),  # type: ignore[arg-type]
+        cron=None if cron_expr is None else str(cron_expr),
+        every=None if every is None else float(every),  # type: ignore[arg-type]
+        timezone=timezone, overlap=str(values.pop("overlap", "skip")),
+        enabled=bool(values.pop("enabled", True)), priority=int(values.pop("priority", 0)),  # type: ignore[call-overload]
+        policy=replace(spec.policy, **overrides),  # type: ignore[arg-type]
+    )
 
 
 def _checked_table(

@@ -41,8 +41,12 @@ def run_background_job(target: str | type, method: str = "handle",
                        params: Sequence[Any] | dict[str, Any] | None = None, *,
                        priority: int = 0, delay: float = 0, max_attempts: int | None = None,
                        retry_delay: float | None = None, timeout: float | None = None,
-                       then: Sequence[Any] | None = None) -> str:
+                       then: Sequence[Any] | None = None, queue: str | None = None,
+                       unique_key: str | None = None) -> str:
     """Record a job durably and return its id at once; with autostart, it starts by itself.
+
+    ``queue``: the queue it waits in (default: its target's). ``unique_key``: while an
+    active job holds the key, nothing new is recorded and that job's id is returned.
 
     Raises a ``bgrunner.JobError`` subclass (nothing recorded) when the target
     or method is not allowed, or the params are not JSON-serialisable or do
@@ -51,7 +55,7 @@ def run_background_job(target: str | type, method: str = "handle",
     ctx = context()
     new = jobs.prepare(ctx, target, method, params, priority=priority, delay=delay,
                        max_attempts=max_attempts, retry_delay=retry_delay, timeout=timeout,
-                       then=then)
+                       then=then, queue=queue, unique_key=unique_key)
     return str(jobs.submit(ctx, new))
 
 
@@ -76,7 +80,9 @@ def wait_for(job_id: str | int, timeout: float | None = None) -> dict[str, Any]:
     return jobs.wait_for(context(), job_id, timeout).to_dict()
 
 
-def list_jobs(status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Jobs newest first."""
+def list_jobs(status: str | None = None, limit: int = 50, queue: str | None = None) -> list[dict[str, Any]]:
+    """Jobs newest first (of one queue, if given)."""
     bounds.check_int(limit, what="limit", minimum=1)
-    return [j.to_dict() for j in context().store.list(status=status, limit=limit)]
+    if queue is not None:
+        bounds.check_queue(queue)
+    return [j.to_dict() for j in context().store.list(status=status, limit=limit, queue=queue)]

@@ -119,6 +119,29 @@ def check_seconds(
     return seconds
 
 
+#: A queue name (CONTRACT §10): letters, digits, ``_`` and ``-``, at most 64 characters.
+_QUEUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A ``unique_key``, a schedule name: at most this many characters.
+MAX_KEY_CHARS = 200
+
+
+def check_queue(value: Any, *, what: str = "queue") -> str:
+    """A queue name, or UsageError saying what a queue name may hold."""
+    if not isinstance(value, str) or not _QUEUE.fullmatch(value):
+        raise UsageError(f"{what}: expected a queue name (letters, digits, _ and -, at most 64),"
+                         f" got {_show(value)}")
+    return value
+
+
+def check_key(value: Any, *, what: str = "unique_key") -> str:
+    """A non-empty key of printable text (a ``unique_key``), at most `MAX_KEY_CHARS`."""
+    if (not isinstance(value, str) or not value or len(value) > MAX_KEY_CHARS
+            or not value.isprintable()):
+        raise UsageError(f"{what}: expected printable text of 1 to {MAX_KEY_CHARS} characters,"
+                         f" got {_show(value)}")
+    return value
+
+
 def check_int(value: Any, *, what: str, minimum: int = INT_MIN, maximum: int = INT_MAX) -> int:
     """An integer setting (priority, max_attempts): a real int, not a bool, within range."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -48,7 +48,9 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        # The message may quote an argument: escaped, so it stays one line and sends no control codes.
+        shown = terminal_text(message).replace("\n", "\\n")
+        self.exit(2, f"{self.prog}: error: {shown} (see --help)\n")
 
 
 def add_location_flags(p: argparse.ArgumentParser) -> None:

@@ -82,6 +82,18 @@ def host_id() -> str:
     return _host_id
 
 
+def machine_id(run_dir: str = "") -> str:
+    """What tells two machines apart that share a host id: the pid space, and the run folder.
+
+    Workers of one host id on one machine may run side by side (several queues);
+    the same id seen from another pid space (or from a process that cannot reach
+    this one's wake-up sockets and locks) is a host id given to two machines.
+    """
+    import zlib
+
+    return f"{_pid_space()}-{zlib.crc32(run_dir.encode()):08x}"
+
+
 def _pid_space() -> str:
     """Eight hex digits naming this boot and pid namespace (Linux), else the machine's node id."""
     import zlib
@@ -110,6 +122,9 @@ class Context:
     log_dir: str
     database_url: str
     autostart: bool = True
+    #: False in a job process: it never fires schedules, so their cron expressions are not
+    #: parsed there (the cron parser costs ~18 ms of imports); every other process checks them.
+    check_schedules: bool = True
 
     def __repr__(self) -> str:
         """As the dataclass would, with the store URL's password masked (a repr lands in logs)."""
@@ -132,7 +147,7 @@ class Context:
     def config(self) -> Config:
         from bgrunner.allowlist import load_config
 
-        return load_config(self.config_path)
+        return load_config(self.config_path, check_schedules=self.check_schedules)
 
     def adopt_config(self, raw: bytes, config: Config) -> bool:
         """Use ``config``, parsed from ``raw`` earlier, if the file still holds exactly ``raw``.

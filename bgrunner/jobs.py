@@ -20,7 +20,7 @@ from bgrunner import bounds, procs
 from bgrunner.allowlist import JobSpec, target_of
 from bgrunner.context import Context, host_id
 from bgrunner.errors import ForkServerError, JobNotFound, ParamsError, UsageError
-from bgrunner.model import JobRecord, JobStatus, NewJob
+from bgrunner.model import JobRecord, JobStatus, NewJob, WorkerRecord, iso
 from bgrunner.settle import Outcome, Retry, policy_of, settle_attempt
 
 if TYPE_CHECKING:
@@ -75,8 +75,12 @@ def check_binding(target: str | type, spec: JobSpec, method: str, params: Params
 def prepare(ctx: Context, target: str | type, method: str, params: object, *, priority: int = 0,
             delay: float = 0, max_attempts: int | None = None, retry_delay: float | None = None,
             timeout: float | None = None, then: Sequence[Any] | None = None,
-            parent_id: int | None = None, retry_of: int | None = None) -> NewJob:
-    """Validate a submission completely (allowlist, params, policy, follow-ups) before any write."""
+            parent_id: int | None = None, retry_of: int | None = None,
+            queue: str | None = None, unique_key: str | None = None) -> NewJob:
+    """Validate a submission completely (allowlist, params, policy, follow-ups) before any write.
+
+    ``queue`` None: the target's own (``queue`` key, default ``"default"``).
+    """
     name = normalise_target(target)
     spec = ctx.config.check(name, method)
     checked = check_params(params)
@@ -89,11 +93,16 @@ def prepare(ctx: Context, target: str | type, method: str, params: object, *, pr
     timeout = bounds.check_seconds(timeout, what="timeout", maximum=bounds.MAX_TIMEOUT)
     policy = spec.policy.with_overrides(max_attempts=max_attempts, retry_delay=retry_delay,
                                         timeout=timeout)
+    if queue is not None:
+        bounds.check_queue(queue)
+    if unique_key is not None:
+        bounds.check_key(unique_key)
     followups = [followup(ctx, item) for item in (then or [])]
     return NewJob(target=name, method=method, params=checked, priority=priority,
                   run_at=time.time() + float(delay), max_attempts=policy.max_attempts,
                   retry_delay=policy.retry_delay, timeout=policy.timeout, then=followups,
-                  parent_id=parent_id, retry_of=retry_of)
+                  parent_id=parent_id, retry_of=retry_of, queue=queue or policy.queue,
+                  unique_key=unique_key)
 
 
 def followup(ctx: Context, item: Any) -> dict[str, Any]:
@@ -112,29 +121,48 @@ def followup(ctx: Context, item: Any) -> dict[str, Any]:
 
 
 def submit(ctx: Context, new: NewJob) -> int:
-    """Record a validated job durably, log it, and (autostart) get it started."""
-    job_id = ctx.store.create(new)
+    """Record a validated job durably, log it, and (autostart) get it started.
+
+    With a ``unique_key`` held by an active job, nothing is recorded: that job's id.
+    """
+    if new.unique_key is not None:
+        job_id, created = ctx.store.create_unique(new)
+        if not created:
+            ctx.log.emit("job_deduplicated", job_id=str(job_id), target=new.target, method=new.method,
+                         unique_key=new.unique_key)
+            return job_id
+    else:
+        job_id = ctx.store.create(new)
+    queued(ctx, job_id, new)
+    return job_id
+
+
+def queued(ctx: Context, job_id: int, new: NewJob) -> None:
+    """A job was just recorded: log it and get it started (autostart) or wake the workers."""
     ctx.log.emit("job_queued", job_id=str(job_id), target=new.target, method=new.method,
-                 attempt=0, priority=new.priority, run_at=new.run_at)
+                 attempt=0, priority=new.priority, run_at=new.run_at, queue=new.queue)
     if ctx.autostart:
-        start_soon(ctx, job_id, due=new.run_at <= time.time())
+        start_soon(ctx, job_id, due=new.run_at <= time.time(), queue=new.queue)
     else:
         from bgrunner.launch.wakeup import notify
 
         notify(ctx)  # a running worker picks it up now rather than at its next poll
-    return job_id
 
 
-def start_soon(ctx: Context, job_id: int, *, due: bool) -> None:
-    """Launch the job now if its slot is free; otherwise make sure a worker will."""
+def start_soon(ctx: Context, job_id: int, *, due: bool, queue: str | None = None) -> None:
+    """Launch the job now if its slot (and its target's limits) allow; otherwise make sure a worker will.
+
+    A worker is started only when no live worker serves the job's queue.
+    """
     if due:
-        job = ctx.store.claim(job_id, now=time.time(), cap=ctx.config.runner.cap, host=host_id())
+        job = ctx.store.claim(job_id, now=time.time(), cap=ctx.config.runner.cap, host=host_id(),
+                              limits=ctx.config.limits())
         if job is not None:
             launch(ctx, job)
             return
     from bgrunner.launch.wakeup import ensure_worker
 
-    ensure_worker(ctx)
+    ensure_worker(ctx, queue)
 
 
 def launch(ctx: Context, job: JobRecord, *, watch: bool = True) -> subprocess.Popen[bytes]:
@@ -212,13 +240,13 @@ def record_death(ctx: Context, job: JobRecord, how: str, *, relaunch: bool = Tru
     if job.status == JobStatus.RETRYING:
         released = ctx.store.release(job.id, job.attempts)
         if released and relaunch and ctx.autostart:
-            start_soon(ctx, job.id, due=job.run_at <= time.time())
+            start_soon(ctx, job.id, due=job.run_at <= time.time(), queue=job.queue)
         return released
     log = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
     decision = settle_attempt(ctx.store, log, job, job.attempts, Outcome.crashed(how),
                               policy_of(lambda: ctx.config, job), release=True, pid=job.pid)
     if isinstance(decision, Retry) and relaunch and ctx.autostart:
-        start_soon(ctx, job.id, due=decision.delay <= 0)
+        start_soon(ctx, job.id, due=decision.delay <= 0, queue=job.queue)
     return decision is not None
 
 
@@ -249,13 +277,46 @@ def recover_expired_leases(ctx: Context, me: str, *, timeout: float) -> list[int
     return given_up
 
 
-def remove_stale_hosts(ctx: Context, me: str, *, timeout: float) -> list[str]:
-    """Drop the rows of workers not seen for ``timeout`` s (on the store's clock); their names."""
+def remove_stale_workers(ctx: Context, me: str, *, timeout: float) -> list[WorkerRecord]:
+    """Drop the rows of workers not seen for ``timeout`` s (on the store's clock); those rows.
+
+    Their jobs need nothing here: each job's own lease says whether it still runs.
+    """
     now = ctx.store.clock()
-    stale = [h.host for h in ctx.store.hosts() if h.host != me and now - h.last_seen > timeout]
-    for host in stale:
-        ctx.store.remove_host(host)
+    stale = [w for w in ctx.store.workers() if w.id != me and now - w.last_seen > timeout]
+    for worker in stale:
+        ctx.store.remove_worker(worker.id)
     return stale
+
+
+def live_workers(ctx: Context) -> list[dict[str, Any]]:
+    """The workers seen within ``host_timeout`` (store clock), each with its running job ids."""
+    timeout = ctx.config.runner.host_timeout
+    now = ctx.store.clock()
+    running: dict[str, list[str]] = {}
+    for job in ctx.store.active():
+        if job.worker is not None:
+            running.setdefault(job.worker, []).append(str(job.id))
+    return [{"id": w.id, "host": w.host, "pid": w.pid,
+             "queues": list(w.queues) if w.queues is not None else None,
+             "concurrency": w.concurrency, "running": sorted(running.get(w.id, []), key=int),
+             "started_at": iso(w.started_at), "last_heartbeat": iso(w.last_seen),
+             "seen_ago": round(max(0.0, now - w.last_seen), 3)}
+            for w in ctx.store.workers() if now - w.last_seen <= timeout]
+
+
+def worker_id(host: str, pid: int) -> str:
+    """A worker's id in the store: its host id and pid (unique among the live workers of a host)."""
+    return f"{host}:{pid}"
+
+
+def _claimer_alive(job: JobRecord, host: str) -> bool:
+    """True if the job was claimed by a worker of this host that still runs (it is about to launch it)."""
+    if job.worker is None:
+        return False
+    claimer_host, _, pid = job.worker.rpartition(":")
+    return (claimer_host == host and pid.isdigit() and int(pid) != os.getpid()
+            and procs.is_alive(int(pid), None))
 
 
 def reconcile(ctx: Context, jobs: Iterable[JobRecord] | None = None) -> int:
@@ -270,7 +331,8 @@ def reconcile(ctx: Context, jobs: Iterable[JobRecord] | None = None) -> int:
         if not job.owned or (job.host is not None and job.host != me):
             continue
         if job.pid is None:
-            if job.claimed_at is not None and now - job.claimed_at > LAUNCH_GRACE:
+            if (job.claimed_at is not None and now - job.claimed_at > LAUNCH_GRACE
+                    and not _claimer_alive(job, me)):
                 changed += ctx.store.unclaim(job.id, job.attempts)
             continue
         if procs.is_alive(job.pid, job.pid_ctime):
@@ -412,6 +474,6 @@ def retry(ctx: Context, job_id: int | str) -> int:
         raise UsageError(f"job {old.id} is {old.status}; only failed or cancelled jobs are retried")
     new = prepare(ctx, old.target, old.method, old.params, priority=old.priority,
                   max_attempts=old.max_attempts, retry_delay=old.retry_delay,
-                  timeout=old.timeout, then=old.then, retry_of=old.id)
+                  timeout=old.timeout, then=old.then, retry_of=old.id, queue=old.queue)
     return submit(ctx, new)
 

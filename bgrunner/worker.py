@@ -1,11 +1,15 @@
 """``bgrunner worker``: start ready jobs in order, keep status truthful, shut down gracefully.
 
-One worker per store per host (a lock file makes it a singleton). It claims
-ready jobs (priority DESC, run_at ASC, id ASC) while it has free slots and the
-global cap allows, launches each as a detached job process, reaps them, and
-sleeps until the next ``run_at``, a submit's wake-up datagram, or a child's
-exit, never busy-polling. SIGTERM once: stop claiming, let running jobs finish
-(up to ``shutdown_grace``), exit. SIGTERM twice: cancel the running jobs, exit.
+Any number of workers may serve one store, on one host or many: each registers
+under its own id (host id and pid), serves its queues (default: all), and
+claims ready jobs (priority DESC, run_at ASC, id ASC) while it has free slots,
+the global cap allows and each target's ``max_running`` / ``rate_limit`` do (the
+store checks all three in the claim). It launches each job as a detached
+process, reaps them, fires the schedules of its queues that are due, and sleeps
+until the next ``run_at`` or occurrence, a submit's wake-up datagram, or a
+child's exit, never busy-polling. SIGTERM once: stop claiming, let running jobs
+finish (up to ``shutdown_grace``), exit. SIGTERM twice: cancel the running jobs,
+exit. An auto-started worker (``--auto``) is one per store and host (a lock file).
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bgrunner import jobs, procs
-from bgrunner.context import Context, host_id
+from bgrunner import jobs, procs, schedules
+from bgrunner.context import Context, host_id, machine_id
 from bgrunner.errors import ForkServerError, JobError, StoreError
-from bgrunner.launch.wakeup import Listener, lock_path
+from bgrunner.launch.wakeup import Listener, lock_path, run_dir
+from bgrunner.model import WorkerRecord
 from bgrunner.signals import StopRequested, stop_signals
 
 if TYPE_CHECKING:
     from bgrunner.launch.forkserver import ForkServer
-    from bgrunner.model import HostRecord, JobRecord
+    from bgrunner.model import JobRecord
     from bgrunner.store.base import Notifications
 
 #: How often the worker checks every active job against the OS, at most (seconds).
@@ -44,6 +49,11 @@ MAX_SPARES = 4
 STORE_PATIENCE = 5.0
 #: Backoff between rounds while the store is unreachable: doubled up to the maximum.
 OUTAGE_BACKOFF = (0.2, 5.0)
+#: Ready jobs exist but none may start (the cap, or their targets' limits): look again this often
+#: (a finished job wakes PostgreSQL workers at once; this bounds the wait on SQLite).
+BLOCKED_POLL = 0.2
+#: Schedules are re-read at least this often (seconds), to see pauses, resumes and new rows.
+SCHEDULE_CHECK_INTERVAL = 5.0
 
 
 class JobProcess(Protocol):
@@ -74,16 +84,22 @@ class Worker:
     """The worker of one store on this host (see the module docstring)."""
 
     def __init__(self, ctx: Context, *, concurrency: int, burst: bool = False,
-                 idle_exit: float | None = None) -> None:
+                 idle_exit: float | None = None, queues: tuple[str, ...] | None = None) -> None:
         self.ctx = ctx
         self.concurrency = max(1, concurrency)
         self.burst = burst
         self.idle_exit = idle_exit
+        #: The queues this worker serves; None: every queue.
+        self.queues = tuple(dict.fromkeys(queues)) if queues else None
         self.children: dict[int, Child] = {}
         self.stop = StopRequested()
         self.selector = selectors.DefaultSelector()
         self.host = host_id()
+        self.id = jobs.worker_id(self.host, os.getpid())
+        self.limits = ctx.config.limits()
         self.log = ctx.log.bind(worker_pid=os.getpid(), host=self.host)
+        self._blocked = False
+        self._schedule_check_at = 0.0
         self._last_reconcile = 0.0
         self._last_heartbeat = 0.0
         self._last_cancel_check = 0.0
@@ -106,20 +122,17 @@ class Worker:
         from filelock import FileLock, Timeout
 
         lock = FileLock(lock_path(self.ctx), mode=0o600)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            print("bgrunner worker: another worker already runs for this store on this host",
-                  file=sys.stderr)
-            return 0 if self.idle_exit is not None else 1
+        if self.idle_exit is not None:  # auto-started: one is enough, another one already runs
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                return 0
         self.ctx.store.patience = STORE_PATIENCE
         other = self._register()
         if other is not None:
             lock.release()
-            if self.stop.signum is not None:
-                return 0  # stopped while waiting for the id
-            print(f"bgrunner worker: host id {self.host!r} is held by a live worker (pid {other.pid});"
-                  " give each host its own BGRUNNER_HOST_ID", file=sys.stderr)
+            print(f"bgrunner worker: host id {self.host!r} is used by a live worker on another machine"
+                  f" (pid {other.pid} there); give each machine its own BGRUNNER_HOST_ID", file=sys.stderr)
             return 1
         listener = Listener(self.ctx)
         try:
@@ -127,13 +140,14 @@ class Worker:
             self.selector.register(self.stop.read_fd, selectors.EVENT_READ, "signal")
             self._listen()
             self._start_forkserver()
-            self.log.emit("worker_started", concurrency=self.concurrency, burst=self.burst,
+            self.log.emit("worker_started", worker=self.id, concurrency=self.concurrency,
+                          burst=self.burst, queues=list(self.queues) if self.queues else None,
                           launch="fork" if self.forkserver is not None else "spawn")
             self._heartbeat(force=True)
             jobs.reconcile(self.ctx)  # recover what a killed worker left claimed
             code = self._loop()
             with contextlib.suppress(StoreError):  # left to expire when the store is down
-                self.ctx.store.remove_host(self.host)
+                self.ctx.store.remove_worker(self.id)
             self.log.emit("worker_stopped", running=len(self.children))
             return code
         finally:
@@ -143,54 +157,20 @@ class Worker:
             listener.close()
             lock.release()
 
-    def _register(self) -> HostRecord | None:
-        """Register this worker under its host id; the live registration holding it, if any.
+    def _record(self) -> WorkerRecord:
+        """This worker's row (the store sets its times)."""
+        return WorkerRecord(id=self.id, host=self.host, pid=os.getpid(), queues=self.queues,
+                            concurrency=self.concurrency, started_at=0.0, last_seen=0.0,
+                            machine=machine_id(run_dir(self.ctx.log_dir)))
 
-        A fresh row of another pid is either a live worker (on another machine: we hold
-        this machine's lock) or a predecessor killed before it could deregister. With
-        a derived id the pid is checked here. With a hand-set id it cannot be, so the
-        row is watched: a live worker heartbeats every ``host_timeout / 3`` s (refused
-        as soon as it does); a dead one's row goes stale within ``host_timeout`` and is
-        taken over, so a worker restarted after a crash (systemd) is not refused.
+    def _register(self) -> WorkerRecord | None:
+        """Register this worker; the live worker of another machine holding our host id, if any.
+
+        Workers of one host id on one machine run side by side; the same id in
+        use on another machine would make pids checked on the wrong one, so it
+        is refused.
         """
-        store, me = self.ctx.store, os.getpid()
-        timeout = self.ctx.config.runner.host_timeout
-        other = store.register_host(self.host, pid=me, timeout=timeout)
-        if other is None:
-            return None
-        if self._predecessor(other.pid):  # our own predecessor, killed before it could deregister
-            store.remove_host(self.host)
-            return store.register_host(self.host, pid=me, timeout=timeout)
-        if not os.environ.get("BGRUNNER_HOST_ID"):
-            return other
-        deadline = time.monotonic() + timeout + self._heartbeat_interval() + 1.0
-        while self.stop.signum is None and time.monotonic() < deadline:
-            self._pause(min(0.25, self._heartbeat_interval() / 2))
-            current = next((h for h in store.hosts() if h.host == self.host), None)
-            if current is not None and current.pid != me and (
-                    current.pid != other.pid or current.last_seen > other.last_seen):
-                return current  # it heartbeats: a live worker holds the id
-            if store.register_host(self.host, pid=me, timeout=timeout) is None:
-                return None  # its row went stale (or was removed): the id is ours
-        return other
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep, waking early for a stop signal."""
-        sel = selectors.DefaultSelector()
-        try:
-            sel.register(self.stop.read_fd, selectors.EVENT_READ)
-            sel.select(seconds)
-        finally:
-            sel.close()
-
-    def _predecessor(self, pid: int) -> bool:
-        """True if a live-looking registration of our id is a dead worker of this very host.
-
-        Only an id derived from this pid space (not a hand-set ``BGRUNNER_HOST_ID``)
-        lets a pid be checked here; we hold the host's worker lock, so a live
-        worker of this host cannot exist.
-        """
-        return not os.environ.get("BGRUNNER_HOST_ID") and not procs.is_alive(pid, None)
+        return self.ctx.store.register_worker(self._record(), timeout=self.ctx.config.runner.host_timeout)
 
     def _loop(self) -> int:
         while True:
@@ -199,6 +179,7 @@ class Worker:
             try:
                 # Start what is ready first: the periodic checks below are all due after an idle
                 # spell, and running them before the claim would delay the job's start.
+                self._fire_schedules()
                 launched = self._fill_slots()
                 self._maybe_reconcile()
                 self._heartbeat()
@@ -281,7 +262,7 @@ class Worker:
         if self.burst:
             if any(j.pid is None and j.host == self.host for j in self.ctx.store.active()):
                 return False  # claimed here but never started (a killed worker): reconcile returns it
-            nxt = self.ctx.store.next_run_at()
+            nxt = self.ctx.store.next_run_at(queues=self.queues)
             return nxt is None or nxt > time.time()
         if self.idle_exit is not None:
             if self.ctx.store.next_run_at() is not None or self.ctx.store.active():
@@ -292,10 +273,15 @@ class Worker:
 
     def _sleep_time(self) -> float:
         wait = min(RECONCILE_INTERVAL, CANCEL_CHECK_INTERVAL, self._heartbeat_interval())
+        if self.ctx.config.schedules:
+            wait = min(wait, max(0.0, self._schedule_check_at - time.monotonic()))
         if len(self.children) < self.concurrency:
-            nxt = self.ctx.store.next_run_at()
+            nxt = self.ctx.store.next_run_at(queues=self.queues)
             if nxt is not None:
-                wait = min(wait, max(0.0, nxt - time.time()))
+                due_in = max(0.0, nxt - time.time())
+                # Ready jobs that may not start yet (the cap, their targets' limits) are looked
+                # at again soon, not at once: a claim that found nothing startable would spin.
+                wait = min(wait, BLOCKED_POLL if self._blocked and due_in == 0 else due_in)
         if self.idle_exit is not None:
             wait = min(wait, max(0.05, self.idle_exit))
         return wait
@@ -337,9 +323,12 @@ class Worker:
             self._renew_forkserver()
         launched = 0
         cap = self.ctx.config.runner.cap
+        self._blocked = False
         while len(self.children) < self.concurrency:
-            job = self.ctx.store.claim_next(now=time.time(), cap=cap, host=self.host)
+            job = self.ctx.store.claim_next(now=time.time(), cap=cap, host=self.host, worker=self.id,
+                                            queues=self.queues, limits=self.limits)
             if job is None:
+                self._blocked = True
                 break
             try:
                 proc, pidfd = self._launch(job)  # gives the claim back if it cannot start
@@ -354,6 +343,14 @@ class Worker:
             self.children[proc.pid] = Child(proc, job.id, job.attempts, pidfd)
             launched += 1
         return launched
+
+    def _fire_schedules(self) -> None:
+        """Fire the due occurrences of the schedules of our queues (the store lets one worker win each)."""
+        if not self.ctx.config.schedules or time.monotonic() < self._schedule_check_at:
+            return
+        due_in = schedules.tick(self.ctx, queues=self.queues, log=self.log)
+        wait = SCHEDULE_CHECK_INTERVAL if due_in is None else min(SCHEDULE_CHECK_INTERVAL, due_in)
+        self._schedule_check_at = time.monotonic() + max(0.0, wait)
 
     def _renew_forkserver(self) -> None:
         """Code or allowlist changed on disk (or max jobs reached): a fresh template."""
@@ -412,13 +409,19 @@ class Worker:
             return
         self._last_heartbeat = now
         timeout = self.ctx.config.runner.host_timeout
-        self.ctx.store.heartbeat(self.host, pid=os.getpid())
+        if not self.ctx.store.heartbeat(self.id):
+            # Our row was dropped (taken for stale during a long pause): register again.
+            other = self._register()
+            if other is not None:
+                self.log.emit("worker_refused", level="error", other_pid=other.pid,
+                              error=f"host id {self.host!r} is in use on another machine")
+                self.stop.signum = self.stop.signum or 15
         if self._store_ok_since is None or now - self._store_ok_since < timeout:
             return
         for job_id in jobs.recover_expired_leases(self.ctx, self.host, timeout=timeout):
             self.log.emit("lease_expired", job_id=str(job_id), level="warning")
-        for host in jobs.remove_stale_hosts(self.ctx, self.host, timeout=timeout):
-            self.log.emit("host_lost", lost_host=host, level="warning")
+        for worker in jobs.remove_stale_workers(self.ctx, self.id, timeout=timeout):
+            self.log.emit("worker_lost", lost_worker=worker.id, lost_host=worker.host, level="warning")
 
     def _stop_cancelled(self, *, force: bool = False) -> None:
         """Stop this host's processes of jobs cancelled from anywhere (another host included)."""

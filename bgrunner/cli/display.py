@@ -65,16 +65,47 @@ def describe_job(job: JobRecord, *, tty: bool) -> str:
     return terminal_text("\n".join(lines))
 
 
+def table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    """Aligned columns, every cell escaped for the terminal."""
+    cells = [tuple(terminal_text("" if c is None else str(c)) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [header, *cells])
+
+
 def job_table(records: list[JobRecord]) -> str:
     if not records:
         return "no jobs"
-    header = ("ID", "STATUS", "TARGET", "METHOD", "TRIES", "CREATED")
-    rows = [tuple(terminal_text(str(c)) for c in (
-        r.id, r.status, r.target, r.method, f"{r.attempts}/{r.max_attempts}",
-        (iso(r.created_at) or "")[:19])) for r in records]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in [header, *rows])
+    return table(("ID", "STATUS", "TARGET", "METHOD", "QUEUE", "TRIES", "CREATED"),
+                 [(r.id, r.status, r.target, r.method, r.queue, f"{r.tries}/{r.max_attempts}",
+                   (iso(r.created_at) or "")[:19]) for r in records])
+
+
+def worker_table(rows: list[dict[str, Any]]) -> str:
+    """``bgrunner workers``: one line per live worker."""
+    if not rows:
+        return "no live workers"
+    return table(("WORKER", "HOST", "PID", "QUEUES", "SLOTS", "RUNNING", "STARTED", "SEEN"),
+                 [(w["id"], w["host"], w["pid"], ",".join(w["queues"]) if w["queues"] else "(all)",
+                   w["concurrency"], ",".join(w["running"]) or "-", (w["started_at"] or "")[:19],
+                   f"{w['seen_ago']:.0f}s ago") for w in rows])
+
+
+def schedule_table(rows: list[dict[str, Any]]) -> str:
+    """``bgrunner schedules``: one line per configured schedule."""
+    if not rows:
+        return "no schedules"
+
+    def last(row: dict[str, Any]) -> str:
+        run = row.get("last_run")
+        return f"{run['job_id']} {run['status']}" if run else "-"
+
+    return table(("NAME", "TARGET", "WHEN", "TZ", "QUEUE", "NEXT RUN", "LAST RUN", "STATE"),
+                 [(r["name"], f"{r['target']} {r['method']}",
+                   r["cron"] if r.get("cron") else f"every {r['every']:g}s", r["timezone"], r["queue"],
+                   (r.get("next_run") or "-")[:19], last(r),
+                   "paused" if r.get("paused") else ("disabled" if not r.get("enabled", True) else "active"))
+                  for r in rows])
 
 
 def format_event(event: dict[str, Any]) -> str:

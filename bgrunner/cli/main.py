@@ -1,4 +1,5 @@
-"""The ``bgrunner`` command (also ``python -m bgrunner``): submit, status, list, cancel, logs, worker, jobs.
+"""The ``bgrunner`` command (also ``python -m bgrunner``): submit, status, list, cancel, logs, worker,
+workers, schedules, jobs, prune, dashboard.
 
 Errors are one line on stderr with the exit code of the error's class
 (2 usage or config, 3 not allowed, 1 unknown job or nothing to do); never a
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, metavar="N")
     p.add_argument("--retry-delay", type=float, metavar="S")
     p.add_argument("--timeout", type=float, metavar="S")
+    p.add_argument("--queue", metavar="Q", help="the queue it waits in (default: its target's)")
+    p.add_argument("--unique-key", metavar="K",
+                   help="while an active job holds the key, print its id and record nothing")
 
     p = sub.add_parser("status", help="one job")
     p.add_argument("id")
@@ -47,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("pending", "running", "retrying", "completed", "failed",
                                         "cancelled"))
     p.add_argument("--target")
+    p.add_argument("--queue", metavar="Q")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
 
@@ -61,9 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", action="store_true", help="the job's captured stdout/stderr")
 
     p = sub.add_parser("worker", help="run queued jobs")
+    p.add_argument("--queue", action="append", metavar="Q", dest="queues",
+                   help="serve this queue (repeatable; default: every queue)")
     p.add_argument("--concurrency", type=int, metavar="N")
     p.add_argument("--burst", action="store_true", help="exit when nothing is ready or running")
     p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("workers", help="the live workers of this store")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("schedules", help="periodic jobs: list, or run/pause/resume one")
+    p.add_argument("action", nargs="?", choices=("run", "pause", "resume"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
 
     sub.add_parser("jobs", help="the allowed targets and methods")
 
@@ -113,7 +128,8 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
     _check_cli_params(spec, args.method, params, ctx.config.runner.import_root)
     new = jobs.prepare(ctx, args.target, args.method, params, priority=args.priority,
                        delay=delay or 0.0, max_attempts=args.max_attempts,
-                       retry_delay=retry_delay, timeout=timeout)
+                       retry_delay=retry_delay, timeout=timeout, queue=args.queue,
+                       unique_key=args.unique_key)
     print(jobs.submit(ctx, new))
     return 0
 
@@ -151,7 +167,10 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     bounds.check_int(args.limit, what="--limit", minimum=1)
-    records = ctx.store.list(status=args.status, target=args.target, limit=args.limit)
+    if args.queue is not None:
+        bounds.check_queue(args.queue, what="--queue")
+    records = ctx.store.list(status=args.status, target=args.target, limit=args.limit,
+                             queue=args.queue)
     if args.json:
         print(json.dumps([r.to_dict() for r in records]))
     else:
@@ -206,7 +225,44 @@ def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
         raise UsageError("--concurrency must be at least 1")
     bounds.check_int(concurrency, what="--concurrency", minimum=1, maximum=100_000)
     idle = runner.worker_idle_exit if args.auto else None
-    return Worker(ctx, concurrency=concurrency, burst=args.burst, idle_exit=idle).run()
+    queues = tuple(bounds.check_queue(q, what="--queue") for q in args.queues or ())
+    return Worker(ctx, concurrency=concurrency, burst=args.burst, idle_exit=idle,
+                  queues=queues or None).run()
+
+
+def cmd_workers(ctx: Context, args: argparse.Namespace) -> int:
+    from bgrunner import jobs
+    from bgrunner.cli.display import worker_table
+
+    rows = jobs.live_workers(ctx)
+    print(json.dumps(rows) if args.json else worker_table(rows))
+    return 0
+
+
+def cmd_schedules(ctx: Context, args: argparse.Namespace) -> int:
+    import getpass
+
+    from bgrunner import schedules
+    from bgrunner.cli.display import schedule_table
+
+    if args.action is None:
+        if args.name is not None:
+            raise UsageError(f"unknown action {args.name!r}: expected run, pause or resume NAME")
+        rows = schedules.listing(ctx)
+        print(json.dumps(rows) if args.json else schedule_table(rows))
+        return 0
+    if args.name is None:
+        raise UsageError(f"schedules {args.action} needs a schedule name")
+    actor = f"cli:{getpass.getuser()}"
+    if args.action == "run":
+        print(schedules.run_now(ctx, args.name, actor=actor))
+    elif args.action == "pause":
+        schedules.pause(ctx, args.name, actor=actor)
+        print(f"schedule {args.name} paused")
+    else:
+        schedules.resume(ctx, args.name, actor=actor)
+        print(f"schedule {args.name} resumed")
+    return 0
 
 
 def cmd_jobs(ctx: Context, args: argparse.Namespace) -> int:
@@ -251,6 +307,7 @@ def cmd_dashboard(ctx: Context, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "submit": cmd_submit, "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel,
-    "logs": cmd_logs, "worker": cmd_worker, "jobs": cmd_jobs, "prune": cmd_prune,
+    "logs": cmd_logs, "worker": cmd_worker, "workers": cmd_workers, "schedules": cmd_schedules,
+    "jobs": cmd_jobs, "prune": cmd_prune,
     "dashboard": cmd_dashboard,
 }

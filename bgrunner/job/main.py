@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scrub_environ()  # job code never sees the dashboard's secrets, even run by hand (CONTRACT §14)
     ctx = Context.resolve(args.config, args.log_dir, args.database_url)
+    ctx.check_schedules = False  # a job process never fires them
     if args.job_id is not None:
         return run_queued(ctx, args.target, args.method, args.job_id)
     return _reporting_errors(ctx, args.target, args.method, lambda: run_foreground(ctx, args))

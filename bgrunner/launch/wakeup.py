@@ -1,9 +1,10 @@
-"""Waking the worker, and making sure one runs: a datagram socket and a lock file per store.
+"""Waking the workers, and making sure one runs: a datagram socket per worker, a lock file per store.
 
 A submit that cannot start its job at once (delayed, or the cap is reached)
-makes sure one worker per store runs on this host (``filelock`` makes it a
-singleton) and sends it one datagram, so the worker sleeps until the next
-``run_at`` instead of polling.
+makes sure some live worker serves the job's queue (else it starts one, serving
+every queue; ``filelock`` keeps such auto-started workers to one per store and
+host) and sends each worker of this store on this host one datagram, so they
+sleep until the next ``run_at`` instead of polling.
 
 Both live in a private *run folder*, never under the shared ``/tmp``: there
 another local user could bind the socket first (every wake-up would then reach
@@ -67,8 +68,21 @@ def _name(url: str, host: str) -> str:
     return hashlib.sha256(f"{url}|{host}".encode()).hexdigest()[:16]
 
 
-def socket_path(where: Where) -> str:
-    return _base(where) + ".sock"
+def socket_path(where: Where, pid: int | None = None) -> str:
+    """The wake-up socket of this store's worker ``pid`` (default: this process)."""
+    return f"{_base(where)}.{os.getpid() if pid is None else pid}.sock"
+
+
+def _sockets(where: Where) -> list[str]:
+    """The wake-up sockets of every worker of this store on this host."""
+    base = _base(where)
+    folder, prefix = os.path.split(base)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names
+            if n.startswith(prefix + ".") and n.endswith(".sock")]
 
 
 def lock_path(where: Where) -> str:
@@ -96,11 +110,12 @@ _sender: tuple[int, socket.socket] | None = None  # (owner pid, unbound datagram
 
 
 def notify(where: Where) -> bool:
-    """Wake the worker of this store, if one listens. Never blocks, never raises.
+    """Wake every worker of this store on this host; True if one listened. Never blocks, never raises.
 
     One unbound datagram socket per process serves every call (a submit pays a
-    ``sendto``, not a socket's creation); a forked child makes its own. A run
-    folder that is refused counts as no worker (``ensure_worker`` says why).
+    ``sendto`` per worker, not a socket's creation); a forked child makes its own.
+    The socket of a worker that was killed is removed (the run folder is ours
+    alone). A run folder that is refused counts as no worker (``ensure_worker`` says why).
     """
     global _sender
     if _sender is None or _sender[0] != os.getpid():
@@ -108,11 +123,21 @@ def notify(where: Where) -> bool:
         sock.setblocking(False)
         _sender = (os.getpid(), sock)
     try:
-        with _address(socket_path(where)) as address:
-            _sender[1].sendto(b"!", address)
-        return True
+        paths = _sockets(where)
     except OSError:
         return False
+    reached = False
+    for path in paths:
+        try:
+            with _address(path) as address:
+                _sender[1].sendto(b"!", address)
+            reached = True
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # nobody listens there any more
+        except OSError:  # a full queue: that worker has wake-ups pending already
+            reached = True
+    return reached
 
 
 def worker_running(where: Where) -> bool:
@@ -128,12 +153,15 @@ def worker_running(where: Where) -> bool:
     return False
 
 
-def ensure_worker(ctx: Context) -> None:
-    """Start a detached worker for this store if none runs here, then wake it.
+def ensure_worker(ctx: Context, queue: str | None = None) -> None:
+    """Wake this host's workers; start a detached one if no live worker serves ``queue``.
 
-    A refused run or log folder is a ``UsageError`` naming it (the job stays recorded).
+    Live: seen within ``host_timeout`` on the store's clock, on any host. The
+    auto-started worker serves every queue. A refused run or log folder is a
+    ``UsageError`` naming it (the job stays recorded).
     """
-    if notify(ctx):
+    notify(ctx)
+    if _served(ctx, queue):
         return
     try:
         if not worker_running(ctx):
@@ -141,6 +169,16 @@ def ensure_worker(ctx: Context) -> None:
     except OSError as exc:
         raise UsageError(f"cannot start a worker: {exc}") from exc
     notify(ctx)
+
+
+def _served(ctx: Context, queue: str | None) -> bool:
+    """True if a live worker on the store serves ``queue`` (None: any worker at all)."""
+    timeout = ctx.config.runner.host_timeout
+    workers = ctx.store.workers()
+    if not workers:
+        return False
+    now = ctx.store.clock()
+    return any(now - w.last_seen <= timeout and (queue is None or w.serves(queue)) for w in workers)
 
 
 def _start_worker(ctx: Context) -> None:

@@ -12,7 +12,7 @@ from bgrunner import jobs, procs
 from bgrunner.allowlist import Policy
 from bgrunner.context import Context
 from bgrunner.eventlog import EventLog
-from bgrunner.model import JobRecord, JobStatus
+from bgrunner.model import JobRecord, JobStatus, WorkerRecord
 from bgrunner.settle import Complete, Outcome, Retry, policy_of, settle_attempt
 from bgrunner.store.memory import MemoryStore
 from tests.unit.conftest import HOST, PROBE, current, events, job_log, make_ctx, new_job, start
@@ -387,15 +387,16 @@ def test_a_live_local_process_keeps_its_job_whatever_its_lease(ctx: Context) -> 
     assert current(store, job.id).status == JobStatus.RUNNING
 
 
-def test_remove_stale_hosts_drops_silent_worker_rows(ctx: Context) -> None:
+def test_remove_stale_workers_drops_silent_worker_rows(ctx: Context) -> None:
     store = store_of(ctx)
     now = store.clock()
-    store.heartbeat("gone-a", pid=1, now=now - 61)
-    store.heartbeat("gone-b", pid=2, now=now - 500)
-    store.heartbeat("fresh", pid=3, now=now - 5)
-    store.heartbeat(HOST, pid=4, now=now - 1000)  # this host: never stale to itself
-    assert sorted(jobs.remove_stale_hosts(ctx, HOST, timeout=60)) == ["gone-a", "gone-b"]
-    assert sorted(h.host for h in store.hosts()) == sorted(["fresh", HOST])
+    me = jobs.worker_id(HOST, 4)
+    for worker_id, age in (("gone-a:1", 61), ("gone-b:2", 500), ("fresh:3", 5), (me, 1000)):
+        host = worker_id.split(":")[0]
+        store.register_worker(WorkerRecord(worker_id, host, 1, None, 1, 0.0, 0.0), timeout=60, now=now - age)
+    # the caller's own row is never stale to itself
+    assert sorted(w.id for w in jobs.remove_stale_workers(ctx, me, timeout=60)) == ["gone-a:1", "gone-b:2"]
+    assert sorted(w.id for w in store.workers()) == sorted(["fresh:3", me])
 
 
 # -- chains --------------------------------------------------------------------------------------------
