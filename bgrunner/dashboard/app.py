@@ -29,7 +29,7 @@ from bgrunner.dashboard.limits import AttemptLimiter, BodyLimit
 from bgrunner.dashboard.network import ClientInfo, SecurityHeaders
 from bgrunner.dashboard.settings import Settings
 from bgrunner.dashboard.state import Dashboard
-from bgrunner.dashboard.views import actions, api, events, pages
+from bgrunner.dashboard.views import actions, api, events, pages, production
 from bgrunner.dashboard.views.actions import WrongState
 from bgrunner.dashboard.views.common import audit, render
 from bgrunner.errors import (
@@ -61,12 +61,26 @@ def routes() -> list[Route | Mount]:
         Route("/dispatch/{target}/{method}", actions.dispatch_page, methods=["GET", "POST"],
               name="dispatch"),
         Route("/audit", pages.audit_page, name="audit"),
+        Route("/schedules", production.schedules_page, name="schedules"),
+        Route("/schedules/{name}/run", production.run_action, methods=["POST"], name="schedule_run"),
+        Route("/schedules/{name}/pause", production.pause_action, methods=["POST"],
+              name="schedule_pause"),
+        Route("/schedules/{name}/resume", production.resume_action, methods=["POST"],
+              name="schedule_resume"),
+        Route("/workers", production.workers_page, name="workers"),
         Route("/metrics", api.metrics, name="metrics"),
         Route("/api/openapi.json", api.openapi, name="openapi"),
         Route("/api/jobs", api.jobs_collection, methods=["GET", "POST"], name="api_jobs"),
         Route("/api/jobs/{job_id}", api.get_job, name="api_job"),
         Route("/api/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], name="api_cancel"),
         Route("/api/jobs/{job_id}/retry", api.retry_job, methods=["POST"], name="api_retry"),
+        Route("/api/workers", api.list_workers, name="api_workers"),
+        Route("/api/schedules", api.list_schedules, name="api_schedules"),
+        Route("/api/schedules/{name}/run", api.run_schedule, methods=["POST"], name="api_schedule_run"),
+        Route("/api/schedules/{name}/pause", api.pause_schedule, methods=["POST"],
+              name="api_schedule_pause"),
+        Route("/api/schedules/{name}/resume", api.resume_schedule, methods=["POST"],
+              name="api_schedule_resume"),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]
 
@@ -116,6 +130,16 @@ def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def iso_when(text: str | None) -> str:
+    """An ISO 8601 UTC time from a record (``2026-01-02T03:04:05.6Z``) as the pages show times."""
+    if not text:
+        return "—"
+    try:
+        return when(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return text
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return "—"
@@ -155,7 +179,8 @@ def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=when, duration=duration, size=size, pretty=pretty, compact=compact)
+    env.filters.update(when=when, iso_when=iso_when, duration=duration, size=size, pretty=pretty,
+                       compact=compact)
     env.globals.update(dispatch_url=actions.dispatch_url)
     return env
 

@@ -20,7 +20,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bgrunner import procs
+from bgrunner.allowlist import Config
 from bgrunner.context import Context, host_id
+from bgrunner.dashboard.state import known_queues
+from bgrunner.errors import JobError
 from bgrunner.model import STATUSES, JobStatus
 from bgrunner.store.base import Store
 
@@ -30,8 +33,6 @@ BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 DURATION_WINDOW = 3600.0
 #: Without a store method for it, attempts are summed over all jobs only up to this many jobs.
 ATTEMPTS_WALK_LIMIT = 20_000
-#: Without a store method for it, ready jobs are counted up to this many per status.
-READY_WALK_LIMIT = 10_000
 PAGE = 1000
 
 __all__ = ["CONTENT_TYPE_LATEST", "StoreCollector", "render"]
@@ -60,13 +61,13 @@ class StoreCollector:
             yield CounterMetricFamily("bgrunner_attempts",
                                       "Attempts made, over all jobs in the store.", value=attempts)
         yield duration_histogram(store, time.time())
-        yield GaugeMetricFamily(
-            "bgrunner_queue_depth",
-            f"Jobs ready to start and waiting for a slot (counted up to {READY_WALK_LIMIT}).",
-            value=ready_count(store, time.time()))
+        config = _config(ctx)
+        yield from queue_metrics(store, known_queues(config) if config is not None else [])
         yield GaugeMetricFamily("bgrunner_running_processes",
                                 "Job processes alive now (this host's checked with pid and start time).",
                                 value=running_processes(store))
+        if config is not None:
+            yield schedule_lateness(store, config)
 
 
 def attempts_total(store: Store, jobs: int) -> int | None:
@@ -79,16 +80,51 @@ def attempts_total(store: Store, jobs: int) -> int | None:
     return sum(int(job.tries) for job in _walk(store, None, ATTEMPTS_WALK_LIMIT))
 
 
-def ready_count(store: Store, now: float) -> int:
-    """Pending (or released retrying) jobs whose time has come."""
-    own = getattr(store, "ready_count", None)
-    if callable(own):
-        return int(own(now))
-    n = 0
-    for status in (JobStatus.PENDING, JobStatus.RETRYING):
-        n += sum(1 for job in _walk(store, status, READY_WALK_LIMIT)
-                 if job.pid is None and job.run_at <= now)
-    return n
+def _config(ctx: Context) -> Config | None:
+    """The allowlist, or None when it cannot be read (the store's metrics are served all the same)."""
+    try:
+        return ctx.config
+    except JobError:
+        return None
+
+
+def queue_metrics(store: Store, configured: list[str]) -> Iterator[Metric]:
+    """Per queue: jobs ready and waiting for a slot (depth), and jobs running.
+
+    Every queue the allowlist names has a series (0 when empty), so an alert on a
+    queue does not vanish when it drains; so has every queue holding jobs.
+    """
+    counts = store.queue_counts()
+    depth = GaugeMetricFamily("bgrunner_queue_depth",
+                              "Jobs ready to start and waiting for a worker slot, per queue.",
+                              labels=["queue"])
+    running = GaugeMetricFamily("bgrunner_queue_running", "Jobs running, per queue.", labels=["queue"])
+    for queue in sorted(set(configured) | set(counts)):
+        per = counts.get(queue, {})
+        depth.add_metric([queue], per.get("ready", 0))
+        running.add_metric([queue], per.get(JobStatus.RUNNING, 0))
+    yield depth
+    yield running
+
+
+def schedule_lateness(store: Store, config: Config) -> GaugeMetricFamily:
+    """Per enabled, unpaused schedule: how late (s) its earliest due occurrence that has not fired is.
+
+    0 while it is on time. It grows when no worker serving the schedule's queue
+    runs (or none can reach the store): alert on it rather than on missing runs.
+    A schedule no worker has synced yet has no row and no series.
+    """
+    lateness = GaugeMetricFamily(
+        "bgrunner_schedule_lateness_seconds",
+        "Seconds the earliest due occurrence of the schedule has waited to be fired (0: on time).",
+        labels=["schedule"])
+    now = store.clock()
+    for state in store.schedules():
+        spec = config.schedules.get(state.name)
+        if spec is None or not spec.enabled or state.paused or state.next_at is None:
+            continue
+        lateness.add_metric([state.name], max(0.0, now - state.next_at))
+    return lateness
 
 
 def running_processes(store: Store) -> int:

@@ -43,6 +43,63 @@ JOB = {
         "then": {"type": "array", "items": {"type": "object"}},
         "parent_id": _nullable_str,
         "retry_of": _nullable_str,
+        "queue": {"type": "string", "example": "default"},
+        "unique_key": _nullable_str,
+        "schedule": {**_nullable_str, "description": "The schedule that queued it."},
+        "scheduled_for": {**_nullable_time, "description": "The occurrence it was fired for."},
+    },
+}
+
+#: A queue name (CONTRACT §10), as ``bounds.check_queue`` accepts it.
+QUEUE_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+#: A schedule name, as the allowlist accepts it.
+SCHEDULE_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
+
+WORKER = {
+    "type": "object",
+    "description": "A live worker, as `bgrunner workers --json` prints it.",
+    "required": ["id", "host", "pid", "queues", "concurrency", "running", "started_at",
+                 "last_heartbeat", "seen_ago"],
+    "properties": {
+        "id": {"type": "string", "example": "web-1:4242"},
+        "host": {"type": "string"},
+        "pid": {"type": "integer"},
+        "queues": {"type": "array", "items": {"type": "string"}, "nullable": True,
+                   "description": "The queues it claims from; null: every queue."},
+        "concurrency": {"type": "integer"},
+        "running": {"type": "array", "items": {"type": "string"},
+                    "description": "Ids of the jobs running under its claims."},
+        "started_at": {"type": "string", "format": "date-time"},
+        "last_heartbeat": {"type": "string", "format": "date-time"},
+        "seen_ago": {"type": "number", "description": "Seconds since its last heartbeat (store clock)."},
+    },
+}
+
+SCHEDULE = {
+    "type": "object",
+    "description": "A configured schedule, as `bgrunner schedules --json` prints it.",
+    "required": ["name", "target", "method", "cron", "every", "timezone", "queue", "next_run",
+                 "last_run", "paused", "enabled"],
+    "properties": {
+        "name": {"type": "string", "example": "nightly-report"},
+        "target": {"type": "string"},
+        "method": {"type": "string"},
+        "cron": _nullable_str,
+        "every": {"type": "number", "nullable": True, "description": "Seconds between runs."},
+        "timezone": {"type": "string", "example": "UTC"},
+        "when": {"type": "string", "example": "every 5 min"},
+        "queue": {"type": "string"},
+        "overlap": {"type": "string", "enum": ["skip", "allow"]},
+        "priority": {"type": "integer"},
+        "next_run": {**_nullable_time, "description": "null while paused or disabled."},
+        "last_run": {
+            "type": "object", "nullable": True, "required": ["job_id", "status"],
+            "properties": {"job_id": {"type": "string"},
+                           "status": {"type": "string", "enum": list(STATUSES), "nullable": True},
+                           "scheduled_for": _nullable_time},
+        },
+        "paused": {"type": "boolean"},
+        "enabled": {"type": "boolean"},
     },
 }
 
@@ -58,6 +115,8 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.",
            "schema": {"type": "string", "example": "1"}}
+_NAME = {"name": "name", "in": "path", "required": True, "description": "The schedule's name.",
+         "schema": {"type": "string", "pattern": SCHEDULE_PATTERN, "example": "nightly-report"}}
 _AUTH = {"401": _error("No or wrong bearer token.")}
 _ACT = {**_AUTH, "403": _error("The read-only token cannot act.")}
 
@@ -67,7 +126,8 @@ def schema() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "bgrunner dashboard API", "version": "1",
-                 "description": "Jobs of a bgrunner store. Send `Authorization: Bearer <token>`."},
+                 "description": "Jobs, workers and schedules of a bgrunner store."
+                                " Send `Authorization: Bearer <token>`."},
         "security": [{"bearer": []}],
         "paths": {
             "/api/jobs": {
@@ -78,6 +138,8 @@ def schema() -> dict[str, Any]:
                         {"name": "status", "in": "query",
                          "schema": {"type": "string", "enum": list(STATUSES)}},
                         {"name": "target", "in": "query", "schema": {"type": "string"}},
+                        {"name": "queue", "in": "query",
+                         "schema": {"type": "string", "pattern": QUEUE_PATTERN}},
                         {"name": "search", "in": "query",
                          "description": "Text searched in params and errors.",
                          "schema": {"type": "string"}},
@@ -138,11 +200,69 @@ def schema() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/workers": {
+                "get": {
+                    "operationId": "listWorkers",
+                    "summary": "The workers seen within host_timeout, most recently seen first.",
+                    "responses": {"200": _ok("The live workers.", {
+                        "type": "object", "required": ["workers"],
+                        "properties": {"workers": {"type": "array",
+                                                   "items": {"$ref": "#/components/schemas/Worker"}}}}),
+                        **_AUTH},
+                },
+            },
+            "/api/schedules": {
+                "get": {
+                    "operationId": "listSchedules",
+                    "summary": "The allowlist's schedules, by name, with their next and last runs.",
+                    "responses": {"200": _ok("The schedules.", {
+                        "type": "object", "required": ["schedules"],
+                        "properties": {"schedules": {"type": "array",
+                                                     "items": {"$ref": "#/components/schemas/Schedule"}}}}),
+                        **_AUTH},
+                },
+            },
+            "/api/schedules/{name}/run": {
+                "post": {
+                    "operationId": "runSchedule",
+                    "summary": "Queue one run of the schedule now (its sequence goes on unchanged).",
+                    "parameters": [_NAME],
+                    "responses": {
+                        "201": _ok("The run's job.", {"$ref": "#/components/schemas/Created"}),
+                        "400": _error("The run can no longer be submitted (allowlist)."),
+                        "404": _error("No such schedule."), **_ACT,
+                    },
+                },
+            },
+            "/api/schedules/{name}/pause": {
+                "post": {
+                    "operationId": "pauseSchedule",
+                    "summary": "Stop firing the schedule, on every host.",
+                    "parameters": [_NAME],
+                    "responses": {"200": _ok("Paused.", {"$ref": "#/components/schemas/Paused"}),
+                                  "404": _error("No such schedule."), **_ACT},
+                },
+            },
+            "/api/schedules/{name}/resume": {
+                "post": {
+                    "operationId": "resumeSchedule",
+                    "summary": "Fire the schedule again from its next occurrence (missed ones are not fired).",
+                    "parameters": [_NAME],
+                    "responses": {"200": _ok("Resumed.", {"$ref": "#/components/schemas/Paused"}),
+                                  "404": _error("No such schedule."), **_ACT},
+                },
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Job": JOB,
+                "Worker": WORKER,
+                "Schedule": SCHEDULE,
+                "Paused": {"type": "object", "required": ["name", "paused", "changed"],
+                           "properties": {"name": {"type": "string"}, "paused": {"type": "boolean"},
+                                          "changed": {"type": "boolean",
+                                                      "description": "false: it already was."}}},
                 "JobList": {
                     "type": "object", "required": ["jobs", "next_before_id"],
                     "properties": {
@@ -162,6 +282,11 @@ def schema() -> dict[str, Any]:
                                      "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY},
                         "delay": {"type": "number", "default": 0, "minimum": 0,
                                   "maximum": MAX_DELAY},
+                        "queue": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                                  "description": "The queue it waits in (default: its target's)."},
+                        "unique_key": {"type": "string", "minLength": 1, "maxLength": 200,
+                                       "description": "While an active job holds the key, its id is"
+                                                      " returned and nothing is recorded."},
                     },
                 },
                 "Created": {"type": "object", "required": ["id"],

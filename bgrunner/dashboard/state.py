@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from bgrunner.allowlist import JobSpec
+from bgrunner.allowlist import Config, JobSpec
 from bgrunner.context import Context
 from bgrunner.dashboard.limits import StreamSlots
 from bgrunner.model import JobRecord
@@ -175,6 +175,14 @@ class Dashboard:
                 self._methods[key] = describe_method(spec, method)
             return self._methods[key]
 
+
+
+def known_queues(config: Config) -> list[str]:
+    """The queues the allowlist names (its targets' and schedules'), "default" always among them."""
+    names = {"default"}
+    names.update(spec.policy.queue for spec in config.jobs.values())
+    names.update(spec.policy.queue for spec in config.schedules.values())
+    return sorted(names)
 
 
 def _stamp(path: str) -> tuple[int, int, int, int] | None:

@@ -167,10 +167,11 @@ def form_value(html: str, name: str) -> str:
 
 
 def start_server(root: Path, extra_env: dict[str, str] | None = None,
-                 readonly: str | None = READONLY, token: str | None = TOKEN) -> Server:
+                 readonly: str | None = READONLY, token: str | None = TOKEN,
+                 allowlist: str = ALLOWLIST) -> Server:
     """Start ``bgrunner dashboard`` for a fresh store under ``root``; wait until it answers."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "allowed_jobs.toml").write_text(ALLOWLIST)
+    (root / "allowed_jobs.toml").write_text(allowlist)
     env = clean_environ()
     env.update({
         "BGRUNNER_CONFIG": str(root / "allowed_jobs.toml"),

@@ -159,11 +159,12 @@ def test_bad_numbers_in_queries_and_paths_never_give_a_5xx(server: Server) -> No
     server.dispatch("handle", [])
     bad = ["²", "١٢", "9" * 5000, "1_0", " 1", "-1"]
     pages = ["/", "/jobs", "/jobs/1", "/allowed", "/audit", "/api/jobs", "/api/jobs/1", "/no-such-page",
-             "/dispatch/examples.jobs:SampleJob/process", "/login"]
+             "/dispatch/examples.jobs:SampleJob/process", "/login", "/schedules", "/workers",
+             "/api/schedules", "/api/workers", "/metrics"]
     streams = ["/events", "/jobs/1/stream"]
     anonymous = server.client(follow_redirects=False)
     for value in bad:
-        for key in ("n", "limit", "before_id", "top", "offset", "watch"):
+        for key in ("n", "limit", "before_id", "top", "offset", "watch", "queue"):
             params = {"notice": "bulk", key: value}
             for path in pages:
                 assert server.api.get(path, params=params).status_code < 500, (path, key, value)

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN, Server, in_ci
+from .conftest import ALLOWLIST, TOKEN, Server, in_ci
+
+#: A schedule to read, run, pause and resume (it never comes due while the test runs).
+SCHEDULED = ALLOWLIST + """
+[schedules.nightly]
+target = "examples.jobs:SampleJob"
+method = "handle"
+cron = "0 0 1 1 *"
+"""
 
 
 def schemathesis_cli() -> str:
@@ -30,7 +38,7 @@ def test_fuzzed_api_requests_never_get_a_server_error(fresh_server: Callable[...
 
     Autostart is off so the fuzzer's dispatches are recorded but never run.
     """
-    server = fresh_server(extra_env={"BGRUNNER_AUTOSTART": "0"})
+    server = fresh_server(extra_env={"BGRUNNER_AUTOSTART": "0"}, allowlist=SCHEDULED)
     server.dispatch("handle", [])  # something to read, cancel and retry
     result = subprocess.run(
         [schemathesis_cli(), "run", f"{server.url}/api/openapi.json",

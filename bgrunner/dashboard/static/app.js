@@ -132,6 +132,9 @@
     target.title = job.target + "." + job.method;
     row.querySelector("[data-f=cls]").textContent = job.target.split(":").pop();
     row.querySelector("[data-f=method]").textContent = "." + job.method;
+    const queue = row.querySelector("[data-f=queue]");
+    queue.textContent = job.queue || "default";
+    queue.href = "/jobs?queue=" + encodeURIComponent(job.queue || "default");
     row.querySelector("[data-f=params]").textContent = compact(job.params, 70);
     row.querySelector("[data-f=created]").textContent = when(job.created_at);
     const cancel = row.querySelector(".act-cancel");

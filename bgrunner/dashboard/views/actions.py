@@ -97,7 +97,8 @@ def bulk_cancel_filtered(ctx: Context, who: Identity, address: str, filters: Fil
         before = None
         while len(cancelled) < BULK_CAP:
             page = ctx.store.list(status=status, target=filters.target, search=filters.search,
-                                  before_id=before, limit=min(200, BULK_CAP - len(cancelled)))
+                                  queue=filters.queue, before_id=before,
+                                  limit=min(200, BULK_CAP - len(cancelled)))
             if not page:
                 break
             for job in page:
@@ -137,7 +138,8 @@ async def dispatch_form(request: Request) -> Response:
 
 
 def submit_checked(ctx: Context, who: Identity, address: str, info: MethodInfo | None,
-                   target: str, method: str, params: Any, priority: int, delay: float) -> int:
+                   target: str, method: str, params: Any, priority: int, delay: float, *,
+                   queue: str | None = None, unique_key: str | None = None) -> int:
     """``jobs.prepare`` (allowlist, params bound to the signature, policy) then submit; audited.
 
     The class is imported first (``info``), so ``prepare`` binds the params to
@@ -145,7 +147,8 @@ def submit_checked(ctx: Context, who: Identity, address: str, info: MethodInfo |
     A refusal (not allowed, bad params) is audited with its reason.
     """
     try:
-        new = jobs.prepare(ctx, target, method, params, priority=priority, delay=delay)
+        new = jobs.prepare(ctx, target, method, params, priority=priority, delay=delay, queue=queue,
+                           unique_key=unique_key)
     except JobError as exc:
         refused(ctx, who, address, "dispatch", None, f"{target}.{method}: {exc}")
         raise

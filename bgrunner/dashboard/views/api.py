@@ -14,13 +14,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bgrunner import jobs
+from bgrunner import jobs, schedules
 from bgrunner.bounds import loads
 from bgrunner.context import Context
 from bgrunner.dashboard import metrics as prometheus
 from bgrunner.dashboard.forms import check_policy
 from bgrunner.dashboard.inputs import ascii_int
 from bgrunner.dashboard.openapi import MAX_LIMIT, schema
+from bgrunner.dashboard.views import production
 from bgrunner.dashboard.views.actions import cancel_one, refused, retry_one, submit_checked
 from bgrunner.dashboard.views.common import (
     actor_and_address,
@@ -56,7 +57,8 @@ async def list_jobs(request: Request) -> Response:
 
     def fetch(ctx: Context) -> list[Any]:
         return ctx.store.list(status=filters.status, target=filters.target,
-                              search=filters.search, before_id=filters.before_id, limit=limit)
+                              search=filters.search, before_id=filters.before_id,
+                              queue=filters.queue, limit=limit)
 
     rows = await dashboard(request).run(fetch)
     following = str(rows[-1].id) if rows and len(rows) == limit else None
@@ -95,6 +97,9 @@ def _problem(body: Any) -> str | None:
         return "priority must be an integer"
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
         return "delay must be a number of seconds >= 0"
+    for key in ("queue", "unique_key"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return f"{key} must be a string"
     try:
         check_policy("priority", priority)
         check_policy("delay", delay)
@@ -123,13 +128,51 @@ async def dispatch_job(request: Request) -> Response:
         except NotAllowedError as exc:
             refused(ctx, who, address, "dispatch", None, f"{target}.{method}: {exc}")
             raise
-        return submit_checked(ctx, who, address, info, target, method, params, priority, delay)
+        return submit_checked(ctx, who, address, info, target, method, params, priority, delay,
+                              queue=body.get("queue"), unique_key=body.get("unique_key"))
 
     try:
         job_id = await dash.run(submit)
     except NotAllowedError as exc:
         return error(str(exc), 403)
     return JSONResponse({"id": str(job_id)}, status_code=201)
+
+
+# -- workers and schedules ----------------------------------------------------------------
+async def list_workers(request: Request) -> Response:
+    """The live workers, as ``bgrunner workers --json`` prints them."""
+    return JSONResponse({"workers": await dashboard(request).run(production.worker_rows)})
+
+
+async def list_schedules(request: Request) -> Response:
+    """The configured schedules, as ``bgrunner schedules --json`` prints them."""
+    rows = await dashboard(request).run(schedules.listing)
+    for row in rows:  # ids are strings in every answer
+        if row.get("last_run") and row["last_run"].get("job_id") is not None:
+            row["last_run"] = {**row["last_run"], "job_id": str(row["last_run"]["job_id"])}
+    return JSONResponse({"schedules": rows})
+
+
+async def run_schedule(request: Request) -> Response:
+    name = production.schedule_name_of(request.path_params["name"])
+    who, address = actor_and_address(request)
+    job_id = await dashboard(request).run(production.run_schedule, who, address, name)
+    return JSONResponse({"id": str(job_id)}, status_code=201)
+
+
+async def _pause(request: Request, paused: bool) -> Response:
+    name = production.schedule_name_of(request.path_params["name"])
+    who, address = actor_and_address(request)
+    changed = await dashboard(request).run(production.pause_schedule, who, address, name, paused)
+    return JSONResponse({"name": name, "paused": paused, "changed": changed})
+
+
+async def pause_schedule(request: Request) -> Response:
+    return await _pause(request, True)
+
+
+async def resume_schedule(request: Request) -> Response:
+    return await _pause(request, False)
 
 
 async def metrics(request: Request) -> Response:

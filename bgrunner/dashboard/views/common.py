@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from bgrunner.bounds import check_queue
 from bgrunner.context import Context
 from bgrunner.dashboard.auth import Identity, client_address, identity
 from bgrunner.dashboard.inputs import ascii_int
@@ -30,6 +31,11 @@ NOTICES = {
     "dispatched": "Job submitted.",
     "bulk": "Cancelled {n} job(s).",
     "logged_out": "Logged out.",
+    "schedule_run": "Schedule run queued: this is its job.",
+    "paused": "Schedule paused: no occurrence fires until it is resumed.",
+    "not_paused": "The schedule was already paused.",
+    "resumed": "Schedule resumed: it fires from its next occurrence on.",
+    "not_resumed": "The schedule was not paused.",
 }
 
 
@@ -86,16 +92,17 @@ class Filters:
     target: str | None = None
     search: str | None = None
     before_id: int | None = None
+    queue: str | None = None
 
     def query(self, **changes: Any) -> str:
         """This filter set as a query string, with some values changed (None drops a key)."""
-        values = {"status": self.status, "target": self.target, "q": self.search,
-                  "before_id": self.before_id, **changes}
+        values = {"status": self.status, "target": self.target, "queue": self.queue,
+                  "q": self.search, "before_id": self.before_id, **changes}
         return urlencode({k: v for k, v in values.items() if v not in (None, "")})
 
     @property
     def any(self) -> bool:
-        return bool(self.status or self.target or self.search)
+        return bool(self.status or self.target or self.search or self.queue)
 
 
 def parse_filters(params: Any, search_key: str = "q") -> Filters:
@@ -104,6 +111,9 @@ def parse_filters(params: Any, search_key: str = "q") -> Filters:
     if status is not None and status not in STATUSES:
         raise UsageError(f"status must be one of {', '.join(STATUSES)}")
     target = params.get("target") or None
+    queue = params.get("queue") or None
+    if queue is not None:
+        check_queue(queue)  # UsageError: the page's 400, the API's {"error": ...}
     search = params.get(search_key) or None
     for name, value in (("target", target), ("search", search)):
         if value is not None and len(value) > MAX_FILTER:
@@ -114,4 +124,4 @@ def parse_filters(params: Any, search_key: str = "q") -> Filters:
         before_id = ascii_int(before, lo=1, hi=MAX_ID)
         if before_id is None:
             raise UsageError("before_id must be a job id (a whole number >= 1)")
-    return Filters(status, clean(target), clean(search), before_id)
+    return Filters(status, clean(target), clean(search), before_id, queue)

@@ -135,8 +135,9 @@ class ListWatch:
         LIKE over the whole store once a second.
         """
         f = self.filters
-        rows = self.dash.shared(("latest", f.status, f.target),
-                                lambda: ctx.store.list(status=f.status, target=f.target, limit=PAGE_SIZE))
+        rows = self.dash.shared(("latest", f.status, f.target, f.queue),
+                                lambda: ctx.store.list(status=f.status, target=f.target, queue=f.queue,
+                                                       limit=PAGE_SIZE))
         top = self.top or 0
         fresh = [job for job in rows if job.id > top and _found(job, f.search)]
         if fresh:

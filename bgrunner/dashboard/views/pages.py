@@ -25,7 +25,7 @@ from bgrunner.dashboard.auth import (
 from bgrunner.dashboard.inputs import ascii_int
 from bgrunner.dashboard.jobview import EVENT_MARGIN, ProcessWatch, job_events, read_output
 from bgrunner.dashboard.openapi import MAX_ID
-from bgrunner.dashboard.state import Dashboard
+from bgrunner.dashboard.state import Dashboard, known_queues
 from bgrunner.dashboard.views.common import (
     NOTICES,
     PAGE_SIZE,
@@ -35,7 +35,7 @@ from bgrunner.dashboard.views.common import (
     parse_filters,
     render,
 )
-from bgrunner.errors import UsageError
+from bgrunner.errors import JobError, UsageError
 from bgrunner.model import CANCELLABLE, FINAL_STATUSES, STATUSES
 
 #: The login form is a token and two hidden fields; anything bigger is refused.
@@ -158,27 +158,46 @@ async def job_list(request: Request) -> Response:
     except UsageError as exc:
         return render(request, "error.html", 400, title="Bad filter", message=str(exc))
 
-    def fetch(ctx: Context) -> tuple[list[Any], list[str]]:
+    def fetch(ctx: Context) -> tuple[list[Any], list[str], list[str]]:
         rows = ctx.store.list(status=filters.status, target=filters.target,
                               search=filters.search, before_id=filters.before_id,
-                              limit=PAGE_SIZE + 1)
-        return rows, sorted(ctx.config.jobs)
+                              queue=filters.queue, limit=PAGE_SIZE + 1)
+        return rows, sorted(ctx.config.jobs), known_queues(ctx.config)
 
-    rows, targets = await dash.run(fetch)
+    rows, targets, queues = await dash.run(fetch)
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     return render(request, "jobs.html", jobs=rows, filters=filters, targets=targets,
-                  statuses=STATUSES, next_before_id=rows[-1].id if more else None,
+                  queues=queues, statuses=STATUSES, next_before_id=rows[-1].id if more else None,
                   live=filters.before_id is None, cancellable=CANCELLABLE)
 
 
 # -- job detail ----------------------------------------------------------------------------
+def _limits(ctx: Context, target: str) -> dict[str, Any] | None:
+    """The target's limits as the allowlist holds them now; None: it is no longer listed.
+
+    A job keeps running under the limits of the allowlist the workers loaded, so
+    this is what applies to its next claim, not necessarily to its past ones.
+    """
+    try:
+        spec = ctx.config.jobs.get(target)
+    except JobError:  # a broken allowlist: the page still shows the job
+        return None
+    if spec is None:
+        return None
+    policy = spec.policy
+    return {"max_running": policy.max_running,
+            "rate_limit": policy.rate_limit.text if policy.rate_limit else None,
+            "memory_limit_mb": policy.memory_limit_mb, "cpu_limit_s": policy.cpu_limit_s}
+
+
 def _detail(ctx: Context, job_id: int) -> dict[str, Any]:
     job = jobs.find(ctx, job_id)  # reading never acts: no reconcile, no relaunch
     output, offset, truncated = read_output(ctx.output_dir, job.id)
     process = ProcessWatch().sample(job.pid, job.pid_ctime) if job.owned else None
     return {
         "job": job,
+        "limits": _limits(ctx, job.target),
         "attempts": ctx.store.attempts(job.id),
         "events": job_events(ctx.log_dir, job.id, since=job.created_at - EVENT_MARGIN,
                              until=(job.finished_at or time.time()) + EVENT_MARGIN),
