@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from bgrunner.errors import (
     ConfigError,
+    JobCpuLimit,
     JobError,
     JobInterrupted,
+    JobMemoryLimit,
     JobNotFound,
     NotAllowedError,
     ParamsError,
@@ -47,7 +49,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ConfigError", "JobError", "JobInterrupted", "JobNotFound", "NotAllowedError", "ParamsError",
+    "ConfigError", "JobCpuLimit", "JobError", "JobInterrupted", "JobMemoryLimit", "JobNotFound", "NotAllowedError", "ParamsError",
     "StoreError", "UsageError", "WaitTimeout", "cancel_job", "cancel_requested", "get_job",
     "list_jobs", "progress", "run_background_job", "wait_for",
 ]

@@ -2,8 +2,10 @@
 
 ``JobError`` is the base of what an operation raises to its caller; each
 subclass carries the exit code the command line maps it to. ``JobInterrupted``
-is the one sibling: it is raised *inside* a job, and derives from
+stands beside it: it is raised *inside* a job, and derives from
 ``BaseException`` so a job's ``except Exception`` does not swallow it.
+``JobMemoryLimit`` and ``JobCpuLimit`` are never raised at all: they name the
+outcome of an attempt killed for its resource limits, for ``retry_on``.
 """
 
 from __future__ import annotations
@@ -81,4 +83,22 @@ class JobInterrupted(BaseException):
 
     A ``BaseException`` so that a job's ``except Exception`` does not swallow it
     and its ``finally`` blocks still run.
+    """
+
+
+class JobMemoryLimit(Exception):
+    """An attempt's process tree used more memory (RSS) than its target's ``memory_limit_mb``.
+
+    Never raised inside the job: its supervisor kills the tree and records the
+    attempt as failed with this name, so ``retry_on = {JobMemoryLimit = 2}``
+    matches it. An ``Exception`` (not a ``JobError``): it is a job's outcome,
+    not an operation's failure with an exit code.
+    """
+
+
+class JobCpuLimit(Exception):
+    """An attempt's process tree used more CPU time than its target's ``cpu_limit_s``.
+
+    Like :class:`JobMemoryLimit`: the supervisor kills the tree and records
+    the attempt as failed with this name, for ``retry_on``.
     """

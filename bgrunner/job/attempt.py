@@ -47,14 +47,23 @@ def encode_result(value: Any, max_bytes: int) -> tuple[str | None, str | None]:
 
 
 def run(fd: int, cls: type, method: str, args: list[Any], kwargs: dict[str, Any],
-        result_max_bytes: int) -> NoReturn:
-    """Body of the forked attempt process; never returns."""
+        result_max_bytes: int, *, cpu_limit: float | None = None) -> NoReturn:
+    """Body of the forked attempt process; never returns.
+
+    ``cpu_limit``: the target's ``cpu_limit_s``; the supervisor enforces it on
+    the whole tree, and the kernel's RLIMIT_CPU here is its backstop
+    (``job.limits.apply_cpu_backstop``).
+    """
     code = 1
     try:
         os.setpgid(0, 0)
         from bgrunner.procs import die_with_parent
 
         die_with_parent()
+        if cpu_limit is not None:
+            from bgrunner.job.limits import apply_cpu_backstop
+
+            apply_cpu_backstop(cpu_limit)
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         from bgrunner.job import reporting

@@ -196,7 +196,7 @@ def run_queued(ctx: Context, target: str, method: str, job_id: int, *, inline: b
     Spawned (``run_job.py --job-id N``): this process records itself on the job
     unless the launcher already did. Forked (``wait_for_go``): the launcher
     records it and then says go (False: the job was taken back); nothing is
-    written before. ``inline``: a job with no timeout runs in this process,
+    written before. ``inline``: a job with no timeout and no resource limit runs in this process,
     without an attempt fork (see ``job.supervisor``).
     """
     return _reporting_errors(ctx, target, method,

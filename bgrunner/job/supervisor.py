@@ -14,6 +14,12 @@ recording is noticed by its worker or ``jobs.reconcile`` (``JobCrashed``). A
 retry is not slept on in-process: the job is released (``retrying``, no pid)
 for a worker to claim into a fresh process when it is due. This saves a
 fork, a second process exit and a pipe per job (see bench/RESULTS.md).
+
+*Limits* (``memory_limit_mb``, ``cpu_limit_s``): a job with one set always runs
+its attempts in an attempt process, and the wait for it samples the process
+tree every 50 ms (``job.limits``); past a limit the tree is killed and the
+attempt fails as ``JobMemoryLimit`` / ``JobCpuLimit``. Without limits none of
+that is imported or run.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import select
 import signal
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgrunner import procs
 from bgrunner.allowlist import JobSpec, Policy
@@ -35,6 +41,9 @@ from bgrunner.job.reporting import clean_report
 from bgrunner.model import JobRecord, JobStatus
 from bgrunner.settle import Complete, Outcome, Retry, settle_attempt
 from bgrunner.signals import STOP_SIGNALS, StopRequested, stop_signals
+
+if TYPE_CHECKING:
+    from bgrunner.job.limits import Watchdog
 
 #: How often progress reports reach the store at most (seconds).
 PROGRESS_INTERVAL = 0.25
@@ -50,8 +59,10 @@ class Supervisor:
         self.args, self.kwargs = args, kwargs
         self.foreground = foreground
         self.policy: Policy = spec.policy.for_job(job)
-        # Inline only where no deadline must be enforced from outside the method's process.
-        self.inline = inline and not foreground and self.policy.timeout <= 0
+        #: A resource limit is enforced from outside the attempt's process tree, like a deadline.
+        self.limited = self.policy.memory_limit_mb is not None or self.policy.cpu_limit_s is not None
+        # Inline only where no deadline or limit must be enforced from outside the method's process.
+        self.inline = inline and not foreground and self.policy.timeout <= 0 and not self.limited
         self.attempt = job.attempts
         self.log: EventLog = ctx.log.bind(job_id=str(job.id), target=job.target, method=job.method)
         self.stop = StopRequested()
@@ -157,7 +168,7 @@ class Supervisor:
             os.close(self.stop.read_fd)
             os.close(self.stop.write_fd)
             attempt_process.run(write_fd, self.cls, self.job.method, self.args, self.kwargs,
-                                self.ctx.config.runner.result_max_bytes)
+                                self.ctx.config.runner.result_max_bytes, cpu_limit=self.policy.cpu_limit_s)
         os.close(write_fd)
         try:
             return self._watch(pid, read_fd)
@@ -204,6 +215,8 @@ class Supervisor:
         """Wait for the attempt's process: its outcome, or None when a stop signal came first."""
         timeout = self.policy.timeout
         deadline = time.monotonic() + timeout if timeout > 0 else None
+        watchdog = self._watchdog() if self.limited else None
+        usage: Any = None  # the attempt's rusage, read with its exit status when it has limits
         exit_fd = _pidfd(pid)
         buffer = b""
         final: dict[str, Any] | None = None
@@ -215,6 +228,8 @@ class Supervisor:
                 if deadline is not None:
                     left = max(0.0, deadline - time.monotonic())
                     wait = left if wait is None else min(wait, left)
+                if watchdog is not None:
+                    wait = watchdog.wait() if wait is None else min(wait, watchdog.wait())
                 ready, _, _ = select.select(watched, [], [], wait)
                 if read_fd in ready:
                     chunk = os.read(read_fd, 65536)
@@ -230,14 +245,32 @@ class Supervisor:
                     self._kill_attempt(pid)
                     return Outcome.timed_out(f"timed out after {_secs(timeout)} s "
                                              f"(attempt {self.attempt}); its process tree was killed")
-                got, wstatus = os.waitpid(pid, os.WNOHANG)
+                if watchdog is None:
+                    got, wstatus = os.waitpid(pid, os.WNOHANG)
+                else:
+                    exceeded = watchdog.check()
+                    if exceeded is not None:
+                        self._kill_attempt(pid, grace=exceeded.grace)
+                        return exceeded.outcome()
+                    got, wstatus, usage = os.wait4(pid, os.WNOHANG)
                 if got == pid:
                     status = wstatus
         finally:
             if exit_fd is not None:
                 os.close(exit_fd)
+        if watchdog is not None and (exceeded := watchdog.at_exit(status, usage)) is not None:
+            self._kill_attempt(pid, grace=exceeded.grace)  # what is left of its tree
+            return exceeded.outcome()
         buffer, final = self._drain(read_fd, buffer, final)
         return _outcome_from(final, status)
+
+    def _watchdog(self) -> Watchdog:
+        """The sampler of this attempt's tree (everything below this process), for its limits."""
+        from bgrunner.job.limits import Limits, Watchdog
+
+        limits = Limits.of(self.policy)
+        assert limits is not None
+        return Watchdog(limits, os.getpid(), grace=self.ctx.config.runner.cancel_grace)
 
     def _drain(self, read_fd: int, buffer: bytes,
                final: dict[str, Any] | None) -> tuple[bytes, dict[str, Any] | None]:
@@ -277,9 +310,17 @@ class Supervisor:
         self._progress_pending = None
         self._progress_sent = now
 
-    def _kill_attempt(self, pid: int) -> None:
-        """Kill the attempt and every descendant (orphans re-parent here: we are a subreaper)."""
-        grace = self.ctx.config.runner.cancel_grace
+    def _kill_attempt(self, pid: int, grace: float | None = None) -> None:
+        """Kill the attempt and every descendant (orphans re-parent here: we are a subreaper).
+
+        ``grace``: between SIGTERM and SIGKILL; the runner's ``cancel_grace`` unless given.
+        """
+        grace = self.ctx.config.runner.cancel_grace if grace is None else grace
+        if grace <= 0:  # at once (a memory limit): its group first, before psutil's import and tree walk
+            try:
+                os.killpg(pid, signal.SIGKILL)  # its group is its pid (attempt.run), ours while unreaped
+            except OSError:
+                pass
         procs.kill_tree(pid, None, grace=grace)
         procs.kill_tree(os.getpid(), None, grace=min(grace, 1.0), include_root=False)
         try:

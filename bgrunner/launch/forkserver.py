@@ -16,8 +16,9 @@ stdin from /dev/null, output appended to ``<log dir>/output/<id>.out``, the
 worker's environment (the template is started without the dashboard's secrets,
 ``Context.child_env``, and drops any it still finds) and working directory, the allowlist read from the file.
 Cancellation and crash detection are unchanged. A job without a timeout runs
-its method in this one process (``job.supervisor``, *inline*); one with a timeout forks
-an attempt process, as in spawn mode, so its deadline is enforced from outside.
+its method in this one process (``job.supervisor``, *inline*); one with a timeout (or a
+memory or CPU limit) forks an attempt process, as in spawn mode, so its deadline is
+enforced from outside.
 
 Why a separate template rather than ``os.fork()`` in the worker: the worker may
 hold threads, store connections and selectors; a child forked from it would
