@@ -49,7 +49,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ConfigError", "JobCpuLimit", "JobError", "JobInterrupted", "JobMemoryLimit", "JobNotFound", "NotAllowedError", "ParamsError",
+    "ConfigError", "JobCpuLimit", "JobError", "JobInterrupted", "JobMemoryLimit", "JobNotFound",
+    "NotAllowedError", "ParamsError",
     "StoreError", "UsageError", "WaitTimeout", "cancel_job", "cancel_requested", "get_job",
     "list_jobs", "progress", "run_background_job", "wait_for",
 ]
