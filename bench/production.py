@@ -223,14 +223,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--pg-url", default=os.environ.get("BGRUNNER_TEST_PG_URL",
                                                            "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--parts", default="abc", help="which sections to run: a, b, c (default all)")
     args = parser.parse_args()
     began = time.monotonic()
     load0 = os.getloadavg()
 
-    late = {w: lateness(w, args.seconds) for w in (1, 3)}
-    costs = {"sqlite": claim_cost(f"sqlite:///{Path(sandbox()['BENCH_TMP']) / 'claims.db'}",
-                                  args.claims, args.pending)}
-    pg = pg_url(args.pg_url)
+    late = {w: lateness(w, args.seconds) for w in (1, 3)} if "a" in args.parts else {}
+    costs = ({"sqlite": claim_cost(f"sqlite:///{Path(sandbox()['BENCH_TMP']) / 'claims.db'}",
+                                   args.claims, args.pending)} if "b" in args.parts else {})
+    pg = pg_url(args.pg_url) if "b" in args.parts else None
     if pg is not None:
         try:
             costs["postgresql"] = claim_cost(pg, args.claims, args.pending)
@@ -238,13 +239,22 @@ def main() -> None:
             drop_schema(pg)
     kinds = ("", "max_running", "max_running+rate_limit")
     rates: dict[str, list[float]] = {k: [] for k in kinds}
-    for kind in kinds + kinds[::-1]:  # alternated: a drift in the machine's load hits each alike
+    for kind in kinds + kinds[::-1] if "c" in args.parts else ():  # alternated: load drift hits each alike
         rates[kind].append(worker_throughput(args.jobs, kind))
 
     print(f"bench/production.py: Python {platform.python_version()}, SQLite {sqlite3.sqlite_version},"
           f" {os.cpu_count()} CPUs; load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f};"
           f" {time.monotonic() - began:.0f} s in all\n")
-    print(f"(a) schedule lateness, every = 1, {args.seconds:.0f} s each (ms)")
+    if late:
+        print_lateness(late, args.seconds)
+    if costs:
+        print_costs(costs, args, pg)
+    if "c" in args.parts:
+        print_throughput(rates, args.jobs)
+
+
+def print_lateness(late: dict[int, tuple[list[float], list[float]]], seconds: float) -> None:
+    print(f"(a) schedule lateness, every = 1, {seconds:.0f} s each (ms)")
     print(f"{'':36} {'1 worker':>10} {'3 workers':>10} {'3 ÷ 1':>7}")
     for label, k, p in (("fire (created_at - occurrence) p50", 0, 50), ("fire p99", 0, 99),
                         ("start (claimed_at - occurrence) p50", 1, 50), ("start p99", 1, 99)):
@@ -252,6 +262,8 @@ def main() -> None:
         print(f"{label:36} {one:10.2f} {three:10.2f} {three / one if one else float('nan'):7.2f}")
     print(f"{'runs fired':36} {len(late[1][0]):10d} {len(late[3][0]):10d}")
 
+
+def print_costs(costs: dict[str, dict[str, Any]], args: argparse.Namespace, pg: str | None) -> None:
     print(f"\n(b) claim_next + finish, {args.pending:,} pending over {QUEUES} queues and {TARGETS} targets"
           f" (max_running on all), {args.claims:,} claims each (claims/s)")
     print(f"{'store':12} {'plain':>9} {'3 queues':>9} {'limits':>9} {'3 queues + limits':>18}"
@@ -263,8 +275,10 @@ def main() -> None:
     if pg is None:
         print(f"{'postgresql':12} not reachable at {args.pg_url}: left out")
 
+
+def print_throughput(rates: dict[str, list[float]], jobs: int) -> None:
     best = {k: max(v) for k, v in rates.items()}
-    print(f"\n(c) {args.jobs} no-op jobs, bgrunner worker --burst --concurrency 2, SQLite, limits on all 50"
+    print(f"\n(c) {jobs} no-op jobs, bgrunner worker --burst --concurrency 2, SQLite, limits on all 50"
           " targets that never bind (jobs/s, the better of two runs)")
     print(f"{'no limits':>12} {'max_running':>12} {'+ rate_limit':>13} {'max ÷ none':>11} {'+rate ÷ none':>13}"
           f" {'goal':>6}")

@@ -315,17 +315,11 @@ class PostgresStore(SqlStore):
         trip), so PostgreSQL plans it on every call; fifty VALUES rows cost more to
         plan than the claim takes to run, four arrays next to nothing.
         """
-        jobs, starts = f"{self.prefix}jobs", f"{self.prefix}starts"
         args = ([lim.target for lim in limits], [lim.max_running for lim in limits],
                 [lim.rate for lim in limits], [None if lim.per is None else float(lim.per) for lim in limits])
         sql = ("WITH lim (target, max_running, rate, per) AS MATERIALIZED"
                " (SELECT * FROM unnest(?::text[], ?::bigint[], ?::bigint[], ?::float8[])),"
-               " blocked AS MATERIALIZED (SELECT lim.target FROM lim WHERE"
-               f" (lim.max_running IS NOT NULL AND (SELECT count(*) FROM {jobs} a"
-               f" WHERE a.target = lim.target AND {ACTIVE_WHERE})"
-               " >= lim.max_running)"
-               f" OR (lim.rate IS NOT NULL AND (SELECT count(*) FROM {starts} s WHERE s.target = lim.target"
-               f" AND s.at > {self.clock_sql} - lim.per) >= lim.rate)) ")
+               f" blocked AS MATERIALIZED ({self._blocked_select(limits)}) ")
         return sql, args
 
     def _claim_where(self, pick_where: str, pick_args: tuple[Any, ...], *, now: float, cap: int, host: str,
@@ -363,13 +357,17 @@ class PostgresStore(SqlStore):
         args: tuple[Any, ...] = (now, now, host, worker, *pick_args)
         if limits:
             cte, cte_args = self._blocked_cte(limits)
-            claim = (f"{self._dialect(cte)}, claimed AS ({claim}),"
-                     " rated AS (SELECT target, max(per) AS per FROM lim WHERE rate IS NOT NULL GROUP BY target),"
-                     f" pruned AS (DELETE FROM {starts} s USING claimed c, rated r"
-                     f" WHERE s.target = c.target AND r.target = c.target AND s.at <= {self.clock_sql} - r.per),"
-                     f" logged AS (INSERT INTO {starts} (target, at) SELECT c.target, {self.clock_sql}"
-                     " FROM claimed c JOIN rated r ON r.target = c.target)"
-                     f" SELECT {COLUMNS} FROM claimed")
+            if any(lim.rate is not None for lim in limits):  # log the start of a rate-limited target
+                claim = (f"{self._dialect(cte)}, claimed AS ({claim}),"
+                         " rated AS (SELECT target, max(per) AS per FROM lim WHERE rate IS NOT NULL"
+                         " GROUP BY target),"
+                         f" pruned AS (DELETE FROM {starts} s USING claimed c, rated r WHERE s.target = c.target"
+                         f" AND r.target = c.target AND s.at <= {self.clock_sql} - r.per),"
+                         f" logged AS (INSERT INTO {starts} (target, at) SELECT c.target, {self.clock_sql}"
+                         " FROM claimed c JOIN rated r ON r.target = c.target)"
+                         f" SELECT {COLUMNS} FROM claimed")
+            else:
+                claim = f"{self._dialect(cte)} {claim}"
             args = (*cte_args, *args)
         with self._db() as conn:
             cur = psycopg.ClientCursor(conn)  # client-side binding: multi-statement allowed
