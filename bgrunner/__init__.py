@@ -31,10 +31,14 @@ _LAZY = {
     "cancel_job": "bgrunner.api",
     "wait_for": "bgrunner.api",
     "list_jobs": "bgrunner.api",
+    # structlog is imported by their first call, not by these names: a job that never logs pays nothing
+    "get_logger": "bgrunner.joblog",
+    "capture_logging": "bgrunner.joblog",
     }
 
 if TYPE_CHECKING:
     from bgrunner.api import cancel_job, get_job, list_jobs, run_background_job, wait_for
+    from bgrunner.joblog import capture_logging, get_logger
 
 
 def __getattr__(name: str) -> Any:
@@ -51,6 +55,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ConfigError", "JobCpuLimit", "JobError", "JobInterrupted", "JobMemoryLimit", "JobNotFound",
     "NotAllowedError", "ParamsError",
-    "StoreError", "UsageError", "WaitTimeout", "cancel_job", "cancel_requested", "get_job",
-    "list_jobs", "progress", "run_background_job", "wait_for",
+    "StoreError", "UsageError", "WaitTimeout", "cancel_job", "cancel_requested", "capture_logging",
+    "get_job", "get_logger", "list_jobs", "progress", "run_background_job", "wait_for",
 ]

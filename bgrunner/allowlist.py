@@ -215,6 +215,8 @@ _RUNNER_CHECKS: dict[str, Callable[[object], object]] = {
     "worker_idle_exit": _seconds,
     "log_max_bytes": _int_at_least(0),
     "log_backups": _int_at_least(0),
+    "log_compress": _boolean,
+    "capture_logging": _boolean,
     "result_max_bytes": _int_at_least(1, bounds.MAX_RESULT_BYTES),
     "host_timeout": _seconds,
     "import_root": lambda value: value if value is None else _import_root(value),
@@ -297,6 +299,10 @@ class RunnerSettings:
     worker_idle_exit: float = 60.0
     log_max_bytes: int = 10_000_000
     log_backups: int = 5
+    #: Rotated log files are gzipped (``.N.gz``); the CLI and the dashboard read them as they are.
+    log_compress: bool = False
+    #: A job's stdlib ``logging`` records (its libraries' loggers) go to the job log as well.
+    capture_logging: bool = False
     result_max_bytes: int = 65536
     host_timeout: float = 30.0
     #: The folder job modules are imported from, first on ``sys.path`` in place of the

@@ -192,7 +192,8 @@ class Context:
 
         if runner is None:
             return EventLog(self.log_dir)
-        return EventLog(self.log_dir, max_bytes=runner.log_max_bytes, backups=runner.log_backups)
+        return EventLog(self.log_dir, max_bytes=runner.log_max_bytes, backups=runner.log_backups,
+                        compress=runner.log_compress)
 
     def _runner_settings(self) -> RunnerSettings | None:
         try:

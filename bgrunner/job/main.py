@@ -78,6 +78,7 @@ def run_foreground(ctx: Context, args: argparse.Namespace) -> int:
     from bgrunner.settle import Outcome
 
     spec = ctx.config.check(args.target, args.method)
+    _capture_logging_if_set(ctx)
     params = read_params(args.params, args.json_params)
     bounds.check_params(params)  # the limits submit applies (CONTRACT §14), here too
     policy = spec.policy.with_overrides(**_policy_flags(args))
@@ -93,6 +94,7 @@ def run_foreground(ctx: Context, args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     job = _record_running(ctx, new)
     os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    _enter_job(ctx, job)
     lease.hold(ctx, job.id)
     code = Supervisor(ctx, spec, bound.cls, job, bound.args, bound.kwargs, foreground=True).run()
     _report(ctx, job.id)
@@ -131,6 +133,23 @@ def _report(ctx: Context, job_id: int) -> None:
     detail = f": {job.error}" if job.error and job.status != "completed" else ""
     print(terminal_text(f"job {job_id} {job.status} after {job.tries} attempt(s){detail}"),
           file=sys.stderr)
+
+
+def _enter_job(ctx: Context, job: JobRecord) -> None:
+    """From here on, lines job code writes (``bgrunner.get_logger()``) carry this job's keys."""
+    from bgrunner import joblog
+
+    joblog.enter_job(ctx.log, job_id=str(job.id), target=job.target, method=job.method,
+                     attempt=job.attempts)
+
+
+def _capture_logging_if_set(ctx: Context) -> None:
+    """``[runner] capture_logging``: the job's stdlib logging goes to the job log, from before
+    its module is imported. Off by default: structlog and ``logging`` are imported only then."""
+    if ctx.config.runner.capture_logging:
+        from bgrunner import joblog
+
+        joblog.capture_logging()
 
 
 def _fail_unstarted(ctx: Context, job: JobRecord, outcome: Outcome) -> None:
@@ -181,6 +200,7 @@ def _prepare(ctx: Context, job: JobRecord) -> _Prepared | _Unstartable:
         spec = ctx.config.check(job.target, job.method)
     except JobError as exc:
         return _Unstartable(Outcome.unstartable("rejected", exc), exc.exit_code)
+    _capture_logging_if_set(ctx)
     try:
         return _bind(spec, job.method, job.params, ctx.config.runner.import_root)
     except ParamsError as exc:
@@ -227,6 +247,7 @@ def _run_queued(ctx: Context, target: str, method: str, job_id: int, inline: boo
         return ExitCode.CANCELLED if current is not None and current.status == JobStatus.CANCELLED else 0
     job = replace(job, pid=pid, pid_ctime=started)
     os.environ["BGRUNNER_JOB_ID"] = str(job.id)
+    _enter_job(ctx, job)
     lease.hold(ctx, job.id)
     prepared = _prepare(ctx, job)
     if go is not None and not go():

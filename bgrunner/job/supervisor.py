@@ -32,7 +32,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from bgrunner import procs
+from bgrunner import joblog, procs
 from bgrunner.allowlist import JobSpec, Policy
 from bgrunner.context import Context
 from bgrunner.errors import ExitCode
@@ -75,6 +75,7 @@ class Supervisor:
         with stop_signals(self.stop):
             while True:
                 started = time.time()
+                joblog.set_attempt(self.attempt)  # the job's own lines: inline, or in the attempt's fork
                 self.log.emit("job_started", attempt=self.attempt)
                 outcome = self._run_attempt()
                 if outcome is None:
