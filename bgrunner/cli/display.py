@@ -12,9 +12,9 @@ escaped when stdout is a terminal and passed through unchanged otherwise
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -108,23 +108,72 @@ def schedule_table(rows: list[dict[str, Any]]) -> str:
                   for r in rows])
 
 
-def format_event(event: dict[str, Any]) -> str:
-    head = f"{event.get('timestamp', '')} {str(event.get('level', '')).upper():7} {event.get('event', '')}"
-    skip = {"timestamp", "level", "event", "traceback"}
-    rest = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                    for k, v in event.items() if k not in skip and v is not None)
-    text = f"{head} {rest}".rstrip()
+#: Widths of the human format's columns (a longer value pushes the rest along).
+LOG_COLUMNS = {"time": 24, "level": 8, "event": 16, "job": 6, "target": 28}
+#: Keys that have a column of their own (or, ``traceback``, lines of their own).
+_LOG_OWN = frozenset({"timestamp", "level", "event", "job_id", "target", "method", "traceback"})
+#: SGR colour of each level's column, on a terminal only.
+LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "31", "critical": "1;31"}
+_PLAIN_VALUE = re.compile(r"[^\s\"'=]+")
+
+
+def _shown_time(stamp: Any) -> str:
+    """``2024-05-01T12:00:00.123Z``: the file's UTC time to the millisecond, or the value as given."""
+    text = "" if stamp is None else str(stamp)
+    if len(text) == 27 and text.endswith("Z") and text[19:20] == ".":
+        return text[:23] + "Z"
+    return text
+
+
+def _value_text(value: Any) -> str:
+    """A value as ``key=value`` shows it: a word as is, other text quoted on one line, the rest as JSON."""
+    if isinstance(value, str):
+        if _PLAIN_VALUE.fullmatch(value):
+            return value
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'  # control characters: terminal_text shows them as \x1b
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def format_event(event: dict[str, Any], *, colour: bool = False) -> str:
+    """One log line for a person: aligned columns (time, level, event, job, target.method), then
+    ``key=value`` for the rest and the traceback indented below; control characters escaped.
+
+    ``colour``: the level in its colour (only ever for a terminal).
+    """
+    w = LOG_COLUMNS
+    level = str(event.get("level") or "").lower()
+    target, method = event.get("target"), event.get("method")
+    where = "-" if target is None else f"{target}.{method}" if method is not None else str(target)
+    job = event.get("job_id")
+    cells = [terminal_text(_shown_time(event.get("timestamp"))).ljust(w["time"]),
+             terminal_text(level.upper()).ljust(w["level"]),
+             terminal_text(str(event.get("event", ""))).ljust(w["event"]),
+             terminal_text("-" if job is None else str(job)).ljust(w["job"]),
+             terminal_text(where).ljust(w["target"])]
+    if colour and level in LEVEL_COLOURS:
+        cells[1] = f"\x1b[{LEVEL_COLOURS[level]}m{cells[1]}\x1b[0m"
+    rest = " ".join(f"{k}={_value_text(v)}" for k, v in event.items() if k not in _LOG_OWN and v is not None)
+    text = " ".join(cells) + " " + terminal_text(rest)
     if event.get("traceback"):
-        text += "\n" + str(event["traceback"]).rstrip()
-    return terminal_text(text)
+        folded = str(event["traceback"]).rstrip().replace("\n", "\n    ")
+        text = text.rstrip() + "\n    " + terminal_text(folded)
+    return text.rstrip()
 
 
-def follow_file(path: str, *, follow: bool, raw: bool = False,
-                escape: bool | None = None) -> Iterator[str]:
+def json_line(line: str, event: dict[str, Any]) -> str:
+    """The line as written; re-encoded (ASCII, escaped) when another program wrote it otherwise."""
+    return line if line.isascii() else json.dumps(event)
+
+
+def follow_file(path: str, *, follow: bool, raw: bool = False, escape: bool | None = None,
+                last: int | None = None, grep: re.Pattern[str] | None = None) -> Iterator[str]:
     """The file's text, then (``follow``) whatever is appended, until interrupted.
 
     ``raw``: chunks as they come (a job's output), not lines. ``escape``: pass
-    raw chunks through :func:`terminal_text`; None means "if stdout is a terminal".
+    the text through :func:`terminal_text`; None means "raw, and stdout is a
+    terminal". ``last``: only the last N lines already there (then new ones);
+    ``grep``: only lines it finds something in; either means whole lines.
     The file is opened without following a link, and must be a regular file of
     ours (else ``UsageError``, one line).
     """
@@ -138,9 +187,13 @@ def follow_file(path: str, *, follow: bool, raw: bool = False,
         fd = open_private(path, os.O_RDONLY)
     except UnsafePathError as exc:
         raise UsageError(str(exc)) from None
+    by_line = not raw or last is not None or grep is not None
     with open(fd, encoding="utf-8", errors="replace") as f:
+        if by_line:
+            yield from _file_lines(f, follow=follow, escape=escape, last=last, grep=grep)
+            return
         while True:
-            chunk = f.read() if raw else f.readline()
+            chunk = f.read()
             if chunk:
                 yield terminal_text(chunk) if escape else chunk
                 continue
@@ -149,27 +202,33 @@ def follow_file(path: str, *, follow: bool, raw: bool = False,
             time.sleep(FOLLOW_POLL)
 
 
-def read_log_lines(path: str, *, job_id: str | None,
-                   follow: bool) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Parsed log lines (of one job), rotated files first, skipping a malformed one; follows if asked."""
-    from bgrunner.eventlog import log_files
+def _file_lines(f: Any, *, follow: bool, escape: bool, last: int | None,
+                grep: re.Pattern[str] | None) -> Iterator[str]:
+    """Whole lines of ``f`` (the last ``last`` of those there, then new ones if ``follow``)."""
+    def wanted(line: str) -> bool:
+        return grep is None or grep.search(line) is not None
 
-    wanted = None if job_id is None else str(job_id)
-    rotated = [p for p in log_files(path) if p != path]
-    lines = (line for p in rotated for line in follow_file(p, follow=False))
-    for line in itertools.chain(lines, follow_file(path, follow=follow)):
-        line = line.rstrip("\n")
-        try:
-            event = json.loads(line)
-        except ValueError:
+    def shown(line: str) -> str:
+        return terminal_text(line) if escape else line
+
+    *whole, partial = f.read().split("\n")
+    lines = [line + "\n" for line in whole]
+    if partial and not follow:  # the file's last line, without its newline (yet)
+        lines.append(partial)
+    found = [line for line in lines if wanted(line.rstrip("\n"))]
+    if last is not None:
+        found = found[-last:] if last > 0 else []
+    for line in found:
+        yield shown(line)
+    while follow:
+        chunk = f.read()
+        if not chunk:
+            time.sleep(FOLLOW_POLL)
             continue
-        if not isinstance(event, dict):
-            continue
-        if wanted is not None and str(event.get("job_id")) != wanted:
-            continue
-        if not line.isascii():  # not bgrunner's writing (its lines are ASCII): re-encode, escaped
-            line = json.dumps(event)
-        yield line, event
+        *whole, partial = (partial + chunk).split("\n")
+        for line in whole:
+            if wanted(line):
+                yield shown(line + "\n")
 
 
 def allowed_jobs_text(config: Config) -> str:

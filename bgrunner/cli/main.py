@@ -58,12 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("id")
 
-    p = sub.add_parser("logs", help="log events, of one job or all")
+    p = sub.add_parser("logs", help="log events, of one job or all (rotated files too, oldest first)")
     p.add_argument("id", nargs="?")
     p.add_argument("--errors", action="store_true", help="only the errors log")
-    p.add_argument("--follow", "-f", action="store_true")
-    p.add_argument("--json", action="store_true", help="JSON lines as written")
+    p.add_argument("--follow", "-f", action="store_true", help="then the new lines, until interrupted")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines as written (the default when stdout is not a terminal)")
     p.add_argument("--output", action="store_true", help="the job's captured stdout/stderr")
+    p.add_argument("--since", metavar="T",
+                   help="from T: ISO 8601 (UTC unless it has an offset) or relative: 30s, 10m, 2h, 7d")
+    p.add_argument("--until", metavar="T", help="up to T (same forms)")
+    p.add_argument("--level", metavar="L", help="at least L: debug < info < warning < error < critical")
+    p.add_argument("--event", action="append", metavar="E", dest="events", help="this event (repeatable)")
+    p.add_argument("--target", metavar="T", help="this target (module:Class)")
+    p.add_argument("--grep", metavar="REGEX", help="lines the regular expression finds something in")
+    p.add_argument("-n", "--lines", type=int, metavar="N",
+                   help="the last N matches (with --follow: the last N, then new ones)")
 
     p = sub.add_parser("worker", help="run queued jobs")
     p.add_argument("--queue", action="append", metavar="Q", dest="queues",
@@ -193,26 +203,76 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
-    from bgrunner.cli.display import follow_file, format_event, read_log_lines
+    from bgrunner import logread
+    from bgrunner.safefiles import UnsafePathError
 
+    if args.lines is not None:
+        bounds.check_int(args.lines, what="-n", minimum=0)
     if args.output:
-        if args.id is None:
-            raise UsageError("--output needs a job id")
-        from bgrunner import jobs
-        from bgrunner.output import output_path
-
-        path = output_path(ctx.output_dir, jobs.parse_id(args.id))
-        if not os.path.exists(path) and not args.follow:
-            print(f"bgrunner logs: no output captured for job {args.id}", file=sys.stderr)
-            return 1
-        for chunk in follow_file(path, follow=args.follow, raw=True):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-        return 0
+        return _show_output(ctx, args)
+    filt = logread.LogFilter.parse(
+        since=args.since, until=args.until, level=args.level, events=tuple(args.events or ()),
+        target=args.target, grep=args.grep, job_id=None if args.id is None else _log_job_id(args.id))
+    if filt.since is not None and filt.until is not None and filt.since > filt.until:
+        raise UsageError("--since is after --until")
     path = ctx.log.errors_path if args.errors else ctx.log.main_path
-    pretty = not args.json
-    for line, event in read_log_lines(path, job_id=args.id, follow=args.follow):
-        print(format_event(event) if pretty else line, flush=args.follow)
+    stats = logread.ReadStats()
+    tty = sys.stdout.isatty()
+    if args.follow:
+        lines = logread.follow(path, filt, last=args.lines, stats=stats)
+    else:
+        lines = logread.read(path, filt, last=args.lines, stats=stats)
+    try:
+        _print_log_lines(lines, human=tty and not args.json, colour=tty and not os.environ.get("NO_COLOR"),
+                         flush=args.follow)
+    except UnsafePathError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        for problem in stats.unreadable:
+            print(terminal_text(f"bgrunner logs: could not read {problem}"), file=sys.stderr)
+        if stats.malformed:
+            s = "" if stats.malformed == 1 else "s"
+            print(f"bgrunner logs: skipped {stats.malformed} malformed line{s}", file=sys.stderr)
+    return 0
+
+
+def _log_job_id(text: str) -> str:
+    from bgrunner import jobs
+
+    return str(jobs.parse_id(text))
+
+
+def _print_log_lines(lines: Any, *, human: bool, colour: bool, flush: bool) -> None:
+    from bgrunner.cli.display import format_event, json_line
+
+    write = sys.stdout.write
+    for line, event in lines:
+        write((format_event(event, colour=colour) if human else json_line(line, event)) + "\n")
+        if flush:
+            sys.stdout.flush()
+
+
+def _show_output(ctx: Context, args: argparse.Namespace) -> int:
+    """``logs ID --output``: the job's captured stdout/stderr; ``-n`` and ``--grep`` work on its lines."""
+    from bgrunner import jobs, logread
+    from bgrunner.cli.display import follow_file
+    from bgrunner.output import output_path
+
+    if args.id is None:
+        raise UsageError("--output needs a job id")
+    for flag, value in (("--since", args.since), ("--until", args.until), ("--level", args.level),
+                        ("--event", args.events), ("--target", args.target)):
+        if value is not None:
+            raise UsageError(f"{flag} filters log events, not a job's --output")
+    grep = None if args.grep is None else logread.compile_grep(args.grep, what="--grep")
+    path = output_path(ctx.output_dir, jobs.parse_id(args.id))
+    if not os.path.exists(path) and not args.follow:
+        print(f"bgrunner logs: no output captured for job {args.id}", file=sys.stderr)
+        return 1
+    for chunk in follow_file(path, follow=args.follow, raw=True, last=args.lines, grep=grep,
+                             escape=sys.stdout.isatty()):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
     return 0
 
 
