@@ -29,7 +29,7 @@ from bgrunner.dashboard.limits import AttemptLimiter, BodyLimit
 from bgrunner.dashboard.network import ClientInfo, SecurityHeaders
 from bgrunner.dashboard.settings import Settings
 from bgrunner.dashboard.state import Dashboard
-from bgrunner.dashboard.views import actions, api, events, pages, production
+from bgrunner.dashboard.views import actions, api, events, logs, pages, production
 from bgrunner.dashboard.views.actions import WrongState
 from bgrunner.dashboard.views.common import audit, render
 from bgrunner.errors import (
@@ -57,6 +57,8 @@ def routes() -> list[Route | Mount]:
         Route("/jobs/{job_id}/retry", actions.retry, methods=["POST"], name="retry"),
         Route("/bulk-cancel", actions.bulk_cancel, methods=["POST"], name="bulk_cancel"),
         Route("/events", events.list_events, name="events"),
+        Route("/logs", logs.logs_page, name="logs"),
+        Route("/logs/stream", logs.log_events, name="logs_stream"),
         Route("/allowed", pages.allowed, name="allowed"),
         Route("/dispatch/{target}/{method}", actions.dispatch_page, methods=["GET", "POST"],
               name="dispatch"),
@@ -74,6 +76,7 @@ def routes() -> list[Route | Mount]:
         Route("/api/jobs/{job_id}", api.get_job, name="api_job"),
         Route("/api/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], name="api_cancel"),
         Route("/api/jobs/{job_id}/retry", api.retry_job, methods=["POST"], name="api_retry"),
+        Route("/api/logs", logs.api_logs, name="api_logs"),
         Route("/api/workers", api.list_workers, name="api_workers"),
         Route("/api/schedules", api.list_schedules, name="api_schedules"),
         Route("/api/schedules/{name}/run", api.run_schedule, methods=["POST"], name="api_schedule_run"),

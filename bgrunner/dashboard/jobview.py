@@ -2,30 +2,22 @@
 
 The log files can be tens of megabytes (with rotation), and a job page must
 stay fast: only the part of the logs written during the job's lifetime is
-searched (found by bisecting on the line timestamps), with a byte search over
-a memory map for the job's id as ``EventLog`` writes it (``"job_id": "42"``);
-only matching lines are parsed, and each is checked again after parsing.
+searched, through the reader the CLI uses (`bgrunner.logread`).
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from bgrunner import output, procs
-from bgrunner.eventlog import MAIN_LOG, log_files
-from bgrunner.safefiles import open_private
+from bgrunner.eventlog import MAIN_LOG
 
 #: At most this many of a job's events are shown (the latest ones).
 MAX_EVENTS = 500
 #: The job page shows the end of the output, this many bytes at most.
 OUTPUT_TAIL = 64 * 1024
-#: A binary search over a log file stops when the bracket is this small (then it is scanned).
-BISECT_STOP = 64 * 1024
 #: Seconds added on each side of a job's lifetime when its events are looked for.
 EVENT_MARGIN = 120.0
 #: Keys every log line has; the rest are shown as the event's details.
@@ -34,94 +26,21 @@ _COMMON = ("timestamp", "level", "event", "job_id", "target", "method", "attempt
 
 def job_events(log_dir: str, job_id: int, since: float | None = None,
                until: float | None = None, limit: int = MAX_EVENTS) -> list[dict[str, Any]]:
-    """The job's events from the main log and its rotated files, oldest first.
+    """The job's events from the main log and its rotated (and gzipped) files, oldest first.
 
-    With ``since``/``until`` (epoch seconds: the job's lifetime plus a margin),
-    files wholly outside that window are skipped and, within a file, the search
-    starts and stops where a binary search on the line timestamps puts the
-    window (lines are appended in time order).
+    Read through `bgrunner.logread`, the one reader the CLI uses too: with
+    ``since``/``until`` (epoch seconds: the job's lifetime plus a margin) files
+    wholly outside that window are skipped and a file is bisected on its line
+    timestamps; only lines holding the job's id are parsed.
     """
-    needle = b'"job_id": "%d"' % job_id
-    wanted = str(job_id)
+    from bgrunner import logread
+
+    filt = logread.LogFilter(since=since, until=until, job_id=str(job_id))
     found: list[dict[str, Any]] = []
-    for path in log_files(os.path.join(log_dir, MAIN_LOG)):
-        found.extend(_search(path, needle, wanted, since, until))
-    return found[-limit:]
-
-
-def _search(path: str, needle: bytes, wanted: str, since: float | None,
-            until: float | None) -> list[dict[str, Any]]:
-    try:
-        with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:  # never through a link
-            if os.fstat(f.fileno()).st_size == 0:
-                return []
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                lo, hi = _window(m, since, until)
-                return list(_matches(m, needle, wanted, lo, hi)) if lo < hi else []
-    except (OSError, ValueError):  # gone (rotated) or emptied since listed
-        return []
-
-
-def _window(m: mmap.mmap, since: float | None, until: float | None) -> tuple[int, int]:
-    """The byte range of ``m`` whose lines may fall between ``since`` and ``until``."""
-    lo, hi = 0, len(m)
-    if since is not None:
-        last = _time_at(m, m.rfind(b"\n", 0, max(0, len(m) - 1)) + 1)
-        if last is not None and last < since:
-            return 0, 0
-        lo = _bisect(m, since)[0]
-    if until is not None:
-        first = _time_at(m, 0)
-        if first is not None and first > until:
-            return 0, 0
-        hi = _bisect(m, until)[1]
-    return lo, hi
-
-
-def _bisect(m: mmap.mmap, t: float) -> tuple[int, int]:
-    """(lo, hi): lines before ``lo`` are older than ``t``, lines from ``hi`` on are not."""
-    lo, hi = 0, len(m)
-    while hi - lo > BISECT_STOP:
-        mid = m.find(b"\n", (lo + hi) // 2, hi) + 1
-        if mid <= 0 or mid >= hi:
-            break
-        stamp = _time_at(m, mid)
-        if stamp is None:
-            break  # not a log line we can read: search the whole bracket
-        if stamp < t:
-            lo = mid
-        else:
-            hi = mid
-    end = m.find(b"\n", hi)
-    return lo, len(m) if end == -1 else end + 1
-
-
-def _time_at(m: mmap.mmap, pos: int) -> float | None:
-    """The timestamp of the line starting at ``pos`` (EventLog writes it first)."""
-    head = m[pos:pos + 64]
-    if not head.startswith(b'{"timestamp": "'):
-        return None
-    text = head[15:head.find(b'"', 15)].decode("ascii", "replace")
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _matches(m: mmap.mmap, needle: bytes, wanted: str, lo: int, hi: int) -> Any:
-    pos = m.find(needle, lo, hi)
-    while pos != -1:
-        start = m.rfind(b"\n", 0, pos) + 1
-        end = m.find(b"\n", pos)
-        end = len(m) if end == -1 else end
-        try:
-            event = json.loads(m[start:end])
-        except ValueError:
-            event = None
-        if isinstance(event, dict) and event.get("job_id") == wanted:
-            event["details"] = {k: v for k, v in event.items() if k not in _COMMON}
-            yield event
-        pos = m.find(needle, end, hi)
+    for _line, event in logread.read(os.path.join(log_dir, MAIN_LOG), filt, last=limit):
+        event["details"] = {k: v for k, v in event.items() if k not in _COMMON}
+        found.append(event)
+    return found
 
 
 def read_output(output_dir: str, job_id: int, offset: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bgrunner.dashboard.forms import MAX_DELAY, MAX_PRIORITY
+from bgrunner.logread import LEVELS
 from bgrunner.model import STATUSES
 
 MAX_LIMIT = 500
@@ -104,6 +105,48 @@ SCHEDULE = {
 }
 
 
+LOG_LINE = {
+    "type": "object",
+    "description": "One line of the JSON log as written (CONTRACT §8 and §12): at least these keys,"
+                   " and whatever else the event or the job's logger added.",
+    "required": ["timestamp", "level", "event"],
+    "additionalProperties": True,
+    "properties": {
+        "timestamp": {"type": "string", "format": "date-time"},
+        "level": {"type": "string", "example": "info"},
+        "event": {"type": "string", "example": "job_completed"},
+        "job_id": {"type": "string", "nullable": True, "example": "42"},
+        "target": _nullable_str,
+        "method": _nullable_str,
+        "attempt": {"type": "integer", "nullable": True},
+        "pid": {"type": "integer", "nullable": True},
+    },
+}
+
+_TIME_TEXT = {"type": "string", "maxLength": 64, "example": "10m",
+              "description": "ISO 8601, or relative to now: 30s, 10m, 2h, 7d."}
+LOG_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "since", "in": "query", "schema": _TIME_TEXT, "description": "Lines at or after this time."},
+    {"name": "until", "in": "query", "schema": _TIME_TEXT, "description": "Lines at or before this time."},
+    {"name": "level", "in": "query", "description": "At least this level.",
+     "schema": {"type": "string", "enum": list(LEVELS)}},
+    {"name": "event", "in": "query", "style": "form", "explode": True,
+     "description": "Only these events (repeat the parameter, or separate names by commas).",
+     "schema": {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 100}}},
+    {"name": "target", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+    {"name": "grep", "in": "query", "description": "A regular expression searched in the whole line.",
+     "schema": {"type": "string", "maxLength": 200}},
+    {"name": "job_id", "in": "query", "description": "Only this job's lines.",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+    {"name": "errors", "in": "query", "description": "Read the errors file instead of the main log.",
+     "schema": {"type": "boolean", "default": False}},
+    {"name": "before", "in": "query", "description": "The next_before of the previous page.",
+     "schema": {"type": "string", "maxLength": 400}},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}},
+]
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -200,6 +243,20 @@ def schema() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/logs": {
+                "get": {
+                    "operationId": "listLogLines",
+                    "summary": "Log lines, newest first, as `bgrunner logs --json` reads them;"
+                               " keyset-paginated by before.",
+                    "parameters": LOG_PARAMETERS,
+                    "responses": {
+                        "200": _ok("A page of log lines.", {"$ref": "#/components/schemas/LogPage"}),
+                        "400": _error("A filter is invalid (a bad time, level, regular expression,"
+                                      " job id or cursor)."),
+                        **_AUTH,
+                    },
+                },
+            },
             "/api/workers": {
                 "get": {
                     "operationId": "listWorkers",
@@ -287,6 +344,16 @@ def schema() -> dict[str, Any]:
                         "unique_key": {"type": "string", "minLength": 1, "maxLength": 200,
                                        "description": "While an active job holds the key, its id is"
                                                       " returned and nothing is recorded."},
+                    },
+                },
+                "LogLine": LOG_LINE,
+                "LogPage": {
+                    "type": "object", "required": ["lines", "next_before"],
+                    "properties": {
+                        "lines": {"type": "array", "items": {"$ref": "#/components/schemas/LogLine"}},
+                        "next_before": {"type": "string", "nullable": True,
+                                        "description": "Pass as before for the next (older) page;"
+                                                       " null: no older line matches."},
                     },
                 },
                 "Created": {"type": "object", "required": ["id"],

@@ -169,7 +169,7 @@ def test_openapi_schema_describes_the_api(server: Server) -> None:
     doc = server.api.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel",
-                                 "/api/jobs/{job_id}/retry", "/api/workers", "/api/schedules",
+                                 "/api/jobs/{job_id}/retry", "/api/logs", "/api/workers", "/api/schedules",
                                  "/api/schedules/{name}/run", "/api/schedules/{name}/pause",
                                  "/api/schedules/{name}/resume"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

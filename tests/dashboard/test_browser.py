@@ -178,7 +178,7 @@ def test_screenshots_of_every_page(browser: Any, fresh_server: Callable[..., Ser
     tab.set_default_timeout(WAIT_MS)
     log_in(tab, server, "/")
     for name, path in (("overview", "/"), ("allowed", "/allowed"), ("audit", "/audit"),
-                       ("job-running", f"/jobs/{slow}"), ("jobs", "/jobs")):
+                       ("job-running", f"/jobs/{slow}"), ("jobs", "/jobs"), ("logs", "/logs")):
         tab.goto(server.url + path)
         if name in ("overview", "jobs"):
             tab.wait_for_function(

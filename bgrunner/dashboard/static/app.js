@@ -105,7 +105,9 @@
       };
     }
     open();
-    window.addEventListener("pagehide", function () { stopped = true; if (source) source.close(); });
+    function close() { stopped = true; if (source) source.close(); }
+    window.addEventListener("pagehide", close);
+    return { close: close };
   }
 
   // -- the job list ------------------------------------------------------------------
@@ -265,6 +267,85 @@
       .catch(function () { /* the live values stay; a manual reload shows the rest */ });
   }
 
+  // -- the logs ----------------------------------------------------------------------------------
+  const MAX_LIVE_LINES = 1000;
+
+  function logLine(line) {
+    const template = document.getElementById("line-template");
+    const row = template.content.firstElementChild.cloneNode(true);
+    row.dataset.key = line.key;
+    row.className = "fresh level-" + line.level + (line.error ? " is-error" : "");
+    row.querySelector("[data-f=when]").textContent = line.when;
+    const level = row.querySelector("[data-f=level]");
+    level.textContent = line.level;
+    level.className = "level lv-" + line.level;
+    row.querySelector("[data-f=event]").textContent = line.event;
+    if (line.job_id) {
+      const link = el("a", null, line.job_id);
+      link.href = "/jobs/" + encodeURIComponent(line.job_id);
+      link.dataset.jobLink = "";
+      row.querySelector("[data-f=job]").appendChild(link);
+    }
+    if (line.target) {
+      const target = el("span", "target");
+      target.title = line.target + (line.method ? "." + line.method : "");
+      target.appendChild(el("span", "cls", line.cls));
+      if (line.method) target.appendChild(el("span", "method", "." + line.method));
+      row.querySelector("[data-f=target]").appendChild(target);
+    }
+    row.querySelector("[data-f=attempt]").textContent = line.attempt === null ? "" : String(line.attempt);
+    row.querySelector("[data-f=pid]").textContent = line.pid === null ? "" : String(line.pid);
+    const details = row.querySelector("[data-f=details]");
+    (line.details || []).forEach(function (d) {
+      const kv = el("span", "kv");
+      kv.appendChild(el("span", "k", d.k));
+      kv.appendChild(document.createTextNode(" " + d.v));
+      details.appendChild(kv);
+    });
+    (line.folded || []).forEach(function (f) {
+      const fold = el("details");
+      fold.appendChild(el("summary", null, f.k));
+      fold.appendChild(el("pre", "code", f.v));
+      details.appendChild(fold);
+    });
+    return row;
+  }
+
+  function logsPage() {
+    const body = document.body;
+    if (body.dataset.live !== "1") return;
+    const tbody = document.querySelector("[data-lines]");
+    const filter = body.dataset.filter || "";
+    let after = body.dataset.after || "";
+    let added = 0;
+    function urlOf() {
+      const parts = [];
+      if (filter) parts.push(filter);
+      if (after) parts.push("after=" + encodeURIComponent(after));
+      return "/logs/stream?" + parts.join("&");
+    }
+    const live = stream(urlOf, function (data) {
+      if (typeof data.covered === "number") after = String(data.covered);
+      const lines = (data.lines || []).slice().reverse();  // oldest first: each goes on top
+      lines.forEach(function (line) {
+        if (tbody.querySelector('tr[data-key="' + CSS.escape(line.key) + '"]')) return;
+        tbody.insertBefore(logLine(line), tbody.firstChild);
+        added++;
+      });
+      if (lines.length) {
+        const empty = document.querySelector("[data-empty]");
+        if (empty) empty.hidden = true;
+      }
+      if (data.gap) document.querySelector("[data-gap]").hidden = false;
+      if (added >= MAX_LIVE_LINES) {
+        live.close();
+        document.querySelector("[data-full]").hidden = false;
+        const state = document.querySelector("[data-live-state]");
+        if (state) { state.textContent = "paused"; state.classList.add("off"); }
+      }
+    });
+  }
+
   // -- every page ------------------------------------------------------------------------------
   document.addEventListener("submit", function (event) {
     const form = event.target.closest("form[data-confirm]");
@@ -276,5 +357,6 @@
     if (page === "jobs") jobList();
     else if (page === "job") jobPage();
     else if (page === "overview") overview();
+    else if (page === "logs") logsPage();
   });
 })();

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from starlette.requests import Request
@@ -83,7 +83,13 @@ class SlotStream(StreamingResponse):
             self.slots.give_back(self.who)
 
 
-def _stream(request: Request, dash: Dashboard, content: AsyncIterator[str]) -> Response:
+class Ending(Protocol):
+    """A watch that can tell its stream there is nothing more to send (``done``)."""
+
+    done: bool
+
+
+def open_stream(request: Request, dash: Dashboard, content: AsyncIterator[str]) -> Response:
     """The stream if its caller (and everybody) has a slot left; else 429."""
     who = identity(request).key
     if not dash.streams.take(who):
@@ -161,7 +167,7 @@ async def list_events(request: Request) -> Response:
         if top is None:
             raise UsageError("top must be a job id")
     watch = ListWatch(dash, filters, _ids(params.get("watch", "")), top)
-    return _stream(request, dash, _loop(dash, watch.poll, None))
+    return open_stream(request, dash, poll_loop(dash, watch.poll, None))
 
 
 class JobWatch:
@@ -200,10 +206,10 @@ async def job_events(request: Request) -> Response:
     dash = dashboard(request)
     await dash.run(jobs.find, job_id)  # 404 now rather than inside the stream
     watch = JobWatch(dash, job_id, offset)
-    return _stream(request, dash, _loop(dash, watch.poll, watch))
+    return open_stream(request, dash, poll_loop(dash, watch.poll, watch))
 
 
-async def _loop(dash: Dashboard, poll: Any, job: JobWatch | None) -> AsyncIterator[str]:
+async def poll_loop(dash: Dashboard, poll: Any, job: Ending | None) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     started = last_sent = time.monotonic()
     while time.monotonic() - started < STREAM_LIFETIME:
