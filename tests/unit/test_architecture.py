@@ -21,7 +21,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "foundation": ("bgrunner.errors", "bgrunner.model"),
     "core": ("bgrunner.allowlist", "bgrunner.retry", "bgrunner.eventlog", "bgrunner.procs",
              "bgrunner.signals", "bgrunner.output", "bgrunner.cmdline", "bgrunner.context",
-             "bgrunner.settle", "bgrunner.safefiles", "bgrunner.bounds", "bgrunner.cron"),
+             "bgrunner.settle", "bgrunner.safefiles", "bgrunner.bounds", "bgrunner.cron",
+             "bgrunner.joblog", "bgrunner.logread"),
     "binding": ("bgrunner.binding",),
     "store": ("bgrunner.store",),
     "launch": ("bgrunner.launch",),
@@ -54,7 +55,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
             "bgrunner.dashboard.server"),
     "dashboard": ("foundation", "core", "binding", *STORE_INTERFACE, "operations",
                   "bgrunner.job.reporting"),
-    "public": ("foundation", "api", "bgrunner.job.reporting"),
+    "public": ("foundation", "api", "bgrunner.job.reporting", "bgrunner.joblog"),
 }
 
 #: Drivers only the store may import.
