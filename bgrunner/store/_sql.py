@@ -329,42 +329,6 @@ class SqlStore(Store):
             return " AND 1 = 0", ()
         return f" AND {column} IN ({', '.join('?' * len(values))})", tuple(values)
 
-    def _blocked_cte(self, limits: Sequence[TargetLimit]) -> tuple[str, tuple[Any, ...]]:
-        """``WITH lim(…) AS (VALUES …), blocked AS (…)``: the limited targets no claim may take now.
-
-        Blocked: at ``max_running`` active jobs across the store, or ``rate`` starts logged
-        within the last ``per`` seconds on the store's clock. Run inside the claim's
-        transaction (and its lock), so the counts cannot change before the claim commits.
-        MATERIALIZED: counted once, however many queues' picks read it.
-        """
-        row = (f"(CAST(? AS TEXT), CAST(? AS {self.int_type}), CAST(? AS {self.int_type}),"
-               f" CAST(? AS {self.real_type}))")
-        args: tuple[Any, ...] = ()
-        for lim in limits:
-            args += (lim.target, lim.max_running, lim.rate, None if lim.per is None else float(lim.per))
-        sql = (f"WITH lim (target, max_running, rate, per) AS (VALUES {', '.join([row] * len(limits))}),"
-               f" blocked AS MATERIALIZED ({self._blocked_select(limits)}) ")
-        return sql, args
-
-    def _blocked_select(self, limits: Sequence[TargetLimit]) -> str:
-        """The targets of ``lim`` at a limit: one pass over the active jobs and one over the start log.
-
-        Driven by the (small) active set and start log, not a count per limited target:
-        a claim's cost does not grow with the number of targets that have limits. A
-        part no limit needs is left out (a claim is planned each time it is sent).
-        """
-        jobs, starts = f"{self.prefix}jobs", f"{self.prefix}starts"
-        parts = ["SELECT target FROM lim WHERE max_running <= 0"]  # no active job to group
-        if any(lim.max_running is not None for lim in limits):
-            parts.append(f"SELECT a.target FROM (SELECT target, count(*) AS n FROM {jobs} WHERE {ACTIVE_WHERE}"
-                         " GROUP BY target) AS a JOIN lim ON lim.target = a.target"
-                         " WHERE lim.max_running IS NOT NULL AND a.n >= lim.max_running")
-        if any(lim.rate is not None for lim in limits):
-            parts.append(f"SELECT s.target FROM {starts} s JOIN lim ON lim.target = s.target"
-                         f" WHERE lim.rate IS NOT NULL AND s.at > {self.clock_sql} - lim.per"
-                         " GROUP BY s.target, lim.rate HAVING count(*) >= lim.rate")
-        return " UNION ".join(parts)
-
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> JobRecord | None:
         rows = self._fetch(sql, args)
         return row_to_record(rows[0]) if rows else None

@@ -309,11 +309,14 @@ class PostgresStore(SqlStore):
 
     # -- claiming ------------------------------------------------------------------
     def _blocked_cte(self, limits: Sequence[TargetLimit]) -> tuple[str, tuple[Any, ...]]:
-        """As the shared one, but the limits travel as four arrays (``unnest``), not a VALUES row each.
+        """``WITH lim (…), blocked AS (…)``: the limited targets no claim may take now.
 
-        The claim is sent as a simple query (it must be: two statements, one round
-        trip), so PostgreSQL plans it on every call; fifty VALUES rows cost more to
-        plan than the claim takes to run, four arrays next to nothing.
+        Blocked: at ``max_running`` active jobs across the store, or ``rate`` starts logged
+        within the last ``per`` seconds on the store's clock. Part of the claim's one
+        statement, so counted under its lock. The limits travel as four arrays
+        (``unnest``): the claim is sent as a simple query (two statements, one round
+        trip), so PostgreSQL plans it on every call, and a VALUES row per limit cost
+        more to plan than the claim takes to run.
         """
         args = ([lim.target for lim in limits], [lim.max_running for lim in limits],
                 [lim.rate for lim in limits], [None if lim.per is None else float(lim.per) for lim in limits])
@@ -321,6 +324,25 @@ class PostgresStore(SqlStore):
                " (SELECT * FROM unnest(?::text[], ?::bigint[], ?::bigint[], ?::float8[])),"
                f" blocked AS MATERIALIZED ({self._blocked_select(limits)}) ")
         return sql, args
+
+    def _blocked_select(self, limits: Sequence[TargetLimit]) -> str:
+        """The targets of ``lim`` at a limit: one pass over the active jobs and one over the start log.
+
+        Driven by the (small) active set and start log, not a count per limited target:
+        a claim's cost does not grow with the number of targets that have limits. A
+        part no limit needs is left out (a claim is planned each time it is sent).
+        """
+        jobs, starts = f"{self.prefix}jobs", f"{self.prefix}starts"
+        parts = ["SELECT target FROM lim WHERE max_running <= 0"]  # no active job to group
+        if any(lim.max_running is not None for lim in limits):
+            parts.append(f"SELECT a.target FROM (SELECT target, count(*) AS n FROM {jobs} WHERE {ACTIVE_WHERE}"
+                         " GROUP BY target) AS a JOIN lim ON lim.target = a.target"
+                         " WHERE lim.max_running IS NOT NULL AND a.n >= lim.max_running")
+        if any(lim.rate is not None for lim in limits):
+            parts.append(f"SELECT s.target FROM {starts} s JOIN lim ON lim.target = s.target"
+                         f" WHERE lim.rate IS NOT NULL AND s.at > {self.clock_sql} - lim.per"
+                         " GROUP BY s.target, lim.rate HAVING count(*) >= lim.rate")
+        return " UNION ".join(parts)
 
     def _claim_where(self, pick_where: str, pick_args: tuple[Any, ...], *, now: float, cap: int, host: str,
                      worker: str | None, limits: Sequence[TargetLimit],

@@ -266,7 +266,7 @@ class SQLiteStore(SqlStore):
 
         Two small reads (the active jobs grouped by target, the start log of the
         rate-limited targets) judged here: cheaper in SQLite than binding every limit
-        into one statement, and the same answer as the shared ``_blocked_select``.
+        into one statement (PostgreSQL's ``_blocked_select``), with the same answer.
         """
         active: dict[str, int] = dict(
             self._fetch(f"SELECT target, count(*) FROM jobs WHERE {ACTIVE_WHERE} GROUP BY target"))
