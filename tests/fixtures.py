@@ -19,6 +19,22 @@ IMPORTED_IN = os.getpid()
 
 
 def _touch(path: str, text: str = "") -> None:
+    """Append TEXT to PATH; a new file appears with its text already in it.
+
+    Tests wait for the file to exist and then read it: creating it empty and
+    writing after would let them read "" in between. An unnamed O_TMPFILE
+    linked into place never shows in a listing of the folder either.
+    """
+    fd = os.open(os.path.dirname(path) or ".", os.O_TMPFILE | os.O_WRONLY, 0o600)
+    try:
+        os.write(fd, text.encode())
+        try:
+            os.link(f"/proc/self/fd/{fd}", path)
+            return
+        except FileExistsError:
+            pass
+    finally:
+        os.close(fd)
     with open(path, "a") as f:
         f.write(text)
 
