@@ -5,10 +5,12 @@ Jobs prove what they did with sentinel files under the directory given to them.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,19 +24,24 @@ def _touch(path: str, text: str = "") -> None:
     """Append TEXT to PATH; a new file appears with its text already in it.
 
     Tests wait for the file to exist and then read it: creating it empty and
-    writing after would let them read "" in between. An unnamed O_TMPFILE
-    linked into place never shows in a listing of the folder either.
+    writing after would let them read "" in between. The text is written to a
+    file in the temp folder (not beside PATH, where tests count files) and
+    hard-linked into place, which fails if PATH exists: then append.
     """
-    fd = os.open(os.path.dirname(path) or ".", os.O_TMPFILE | os.O_WRONLY, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix="bgrunner-touch-")
     try:
         os.write(fd, text.encode())
+        os.close(fd)
         try:
-            os.link(f"/proc/self/fd/{fd}", path)
+            os.link(tmp, path)
             return
         except FileExistsError:
             pass
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
     finally:
-        os.close(fd)
+        os.unlink(tmp)
     with open(path, "a") as f:
         f.write(text)
 
